@@ -1,0 +1,27 @@
+/* portpool.h - the passive port range: reserve a free port, release it.
+ * Hands ports out round-robin so that a port just released is the last to be
+ * reused (a late connection to it then finds nothing listening). Pure. */
+#ifndef PORTPOOL_H
+#define PORTPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct portpool {
+    uint16_t lo, hi;  /* inclusive range */
+    uint8_t *used;    /* owned; one byte per port */
+    size_t in_use;
+    size_t next;      /* offset where the next search starts */
+};
+
+/* 0, PX_EINVAL (lo == 0 or lo > hi) or PX_ENOMEM. */
+int portpool_init(struct portpool *p, uint16_t lo, uint16_t hi);
+void portpool_free(struct portpool *p);
+/* 0 with *port reserved, or PX_ENOSPC when every port is in use. */
+int portpool_reserve(struct portpool *p, uint16_t *port);
+/* Releases a reserved port; asserts it was reserved and in range. */
+void portpool_release(struct portpool *p, uint16_t port);
+static inline size_t portpool_in_use(const struct portpool *p) { return p->in_use; }
+static inline size_t portpool_size(const struct portpool *p) { return (size_t)p->hi - p->lo + 1; }
+
+#endif

@@ -1,0 +1,32 @@
+/* px.h - tiny helpers shared by every module: assertions that stay on in
+ * release builds, container_of, array length, and the error space.
+ *
+ * Errors are negative errno values. On Unix these are the very numbers libuv
+ * uses (UV_EINVAL == -EINVAL), so the pure layer can report failures without
+ * including uv.h and the I/O layer can still name them with uv_strerror(). */
+#ifndef PX_H
+#define PX_H
+
+#include <errno.h>
+#include <stddef.h>
+
+_Noreturn void px_assert_fail(const char *expr, const char *file, int line);
+
+#define PX_ASSERT(c)                                                                               \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            px_assert_fail(#c, __FILE__, __LINE__);                                                \
+    } while (0)
+
+#define PX_CONTAINER_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+#define PX_NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+#define PX_EINVAL (-EINVAL)     /* malformed input */
+#define PX_EPROTO (-EPROTO)     /* protocol violation by a peer */
+#define PX_EMSGSIZE (-EMSGSIZE) /* over-long line or message */
+#define PX_ENOMEM (-ENOMEM)
+#define PX_ENOSPC (-ENOSPC)     /* no room in a buffer, or an exhausted pool */
+#define PX_ERANGE (-ERANGE)     /* a number outside its range */
+#define PX_ENOENT (-ENOENT)
+
+#endif

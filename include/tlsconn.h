@@ -1,0 +1,66 @@
+/* tlsconn.h - one TLS server endpoint over buffers, no sockets.
+ *
+ * Ciphertext from the peer is put into tlsconn_inbuf() (a socket can read
+ * straight into its tail); ciphertext to send comes out of two buffers used
+ * in turn, so that one can be on the wire (tlsconn_out_next) while OpenSSL
+ * fills the other. The BIO between OpenSSL and these buffers is our own, so
+ * bytes are copied once each way and no memory grows behind our back. */
+#ifndef TLSCONN_H
+#define TLSCONN_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct buf;
+struct tlsconn;
+
+#define TLSCONN_AGAIN 1  /* needs more ciphertext in, or room out */
+#define TLSCONN_CLOSED 2 /* the peer sent close_notify */
+
+/* A server-side connection for ctx, with in/out ciphertext buffers of
+ * bufsize bytes each (allocated when first used). NULL when out of memory. */
+struct tlsconn *tlsconn_new(SSL_CTX *ctx, size_t bufsize);
+void tlsconn_free(struct tlsconn *t);
+SSL *tlsconn_ssl(struct tlsconn *t);
+
+/* Ciphertext from the peer goes here (buf_room/buf_tail/buf_commit). */
+struct buf *tlsconn_inbuf(struct tlsconn *t);
+/* The peer's socket reached EOF: once the buffered ciphertext is used up,
+ * OpenSSL sees the end of the stream instead of "wait for more". */
+void tlsconn_set_eof(struct tlsconn *t);
+
+/* Drives the handshake: 0 when complete (also when it already was),
+ * TLSCONN_AGAIN, or PX_EPROTO (the alert, if any, waits in the out buffers). */
+int tlsconn_handshake(struct tlsconn *t);
+bool tlsconn_handshake_done(const struct tlsconn *t);
+
+/* Decrypts into dst: 0 with *nread > 0, TLSCONN_AGAIN, TLSCONN_CLOSED, or
+ * PX_EPROTO (TLS error, or EOF without close_notify: a truncation). SSL_read
+ * also drives the handshake. */
+int tlsconn_read(struct tlsconn *t, char *dst, size_t cap, size_t *nread);
+
+/* Encrypts up to len bytes: 0 with *nwritten > 0, TLSCONN_AGAIN when the out
+ * buffers are full (call again with the same bytes, or more, once some
+ * ciphertext was sent), or PX_EPROTO. */
+int tlsconn_write(struct tlsconn *t, const char *src, size_t len, size_t *nwritten);
+
+/* Queues close_notify (once). 0 or PX_EPROTO. */
+int tlsconn_shutdown(struct tlsconn *t);
+
+/* The next ciphertext buffer to put on the wire, or NULL when there is none
+ * or one is already out. The caller writes all of it and then calls
+ * tlsconn_out_done(). */
+struct buf *tlsconn_out_next(struct tlsconn *t);
+void tlsconn_out_done(struct tlsconn *t);
+/* Ciphertext bytes not yet confirmed written (queued and on the wire). */
+size_t tlsconn_out_pending(const struct tlsconn *t);
+
+/* Gives back buffer memory that holds no bytes (idle control sessions). */
+void tlsconn_shrink(struct tlsconn *t);
+
+/* The first queued OpenSSL error as text, for a log line; "" when none. The
+ * queue is cleared. */
+const char *tlsconn_error_text(char *dst, size_t cap);
+
+#endif

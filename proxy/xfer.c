@@ -1,0 +1,650 @@
+/* xfer.c - one data channel (see xfer.h).
+ *
+ * The client's data connection arrives on our passive port (or we connect out
+ * for PORT/EPRT); it is accepted only from the control client's address. With
+ * PROT P the proxy is its TLS server, with the control connection's
+ * certificate, and when require_session_reuse is set it must resume the
+ * control connection's session. As soon as the client's connection is there,
+ * we connect to the backend's data port (vsftpd only answers the transfer
+ * command with 150 once it has accepted, and some clients start TLS only after
+ * the 150). Two relays then run: up (client -> backend) and down (backend ->
+ * client), each through one bounded buffer.
+ *
+ * The end: when the client ends its side (upload done), the backend gets a FIN
+ * and the client our close_notify. When the backend ends its side (download
+ * done), the client gets close_notify and FIN once the final reply says the
+ * transfer succeeded, or an abortive close when it failed. The client side is
+ * finished when our shutdown is out and the client has closed (or lingered too
+ * long); only then is XFER_DONE reported, and the held final reply released. */
+#include "xfer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "ep.h"
+#include "log.h"
+#include "portpool.h"
+#include "px.h"
+#include "tlsconn.h"
+#include "tlsctx.h"
+
+#define XFER_BUF (128 * 1024)    /* plaintext per direction */
+#define XFER_TLS_BUF (64 * 1024) /* ciphertext buffers of the client's TLS */
+#define XFER_LINGER_MS 5000      /* waiting for the client to close after our shutdown */
+#define XFER_BIND_TRIES 16
+
+struct xfer {
+    struct ctl_session *cs; /* owner while attached; NULL once detached */
+    uv_loop_t *loop;
+    struct log_sess lg; /* a copy: id and client only (the session may go first) */
+    unsigned open_handles;
+    bool detached;
+    bool torn_down;
+
+    struct portpool *pool; /* borrowed from the worker, which outlives us */
+    uint16_t port;         /* reserved passive port, 0 when none */
+    uv_tcp_t listener;
+    bool listening;
+
+    struct ep *client; /* owned; NULL until a data connection is accepted */
+    struct ep backend;
+    bool backend_started;
+    uv_timer_t timer; /* data_timeout, then the linger after our shutdown */
+    struct buf up, down;
+
+    SSL_CTX *ssl_ctx, *cert_ctx; /* borrowed: the session's generation holds them */
+    uint8_t token[TLSCTX_TOKEN_LEN];
+    struct tlsctx_conn tci;
+    bool require_reuse;
+    uint64_t data_timeout_ms;
+
+    struct sockaddr_storage allowed;       /* the control client */
+    struct sockaddr_storage local;         /* our control address */
+    struct sockaddr_storage backend_local; /* start of backend data connections */
+    struct sockaddr_storage backend_data;
+    bool backend_known;
+    struct sockaddr_storage active_to;
+    bool active;
+
+    bool started, download;
+    bool client_ready; /* accepted, TLS done and checked (or plaintext) */
+    bool client_eof;   /* the client ended its side */
+    bool client_shut;  /* our shutdown to the client is out */
+    bool backend_eof;
+    bool done;         /* XFER_DONE reported */
+    uint64_t up_total; /* bytes the closed client connection delivered */
+    int final_code;
+    const char *refusal; /* static: why a data connection was refused */
+};
+
+static void on_client_event(struct ep *e, enum ep_event ev, int status);
+static void on_backend_event(struct ep *e, enum ep_event ev, int status);
+static void client_connected(struct xfer *x);
+
+/* ---- lifetime ---- */
+
+static void xfer_free(struct xfer *x)
+{
+    if (x->port != 0)
+        portpool_release(x->pool, x->port);
+    buf_free(&x->up);
+    buf_free(&x->down);
+    free(x);
+}
+
+static void handle_closed(struct xfer *x)
+{
+    PX_ASSERT(x->open_handles > 0);
+    if (--x->open_handles == 0 && x->detached)
+        xfer_free(x);
+}
+
+static void on_handle_closed(uv_handle_t *h) { handle_closed(h->data); }
+
+static void on_client_closed(struct ep *e)
+{
+    struct xfer *x = e->owner;
+
+    if (x->client == e) {
+        x->up_total = e->rx;
+        x->client = NULL;
+    }
+    free(e);
+    handle_closed(x);
+}
+
+static void on_backend_closed(struct ep *e) { handle_closed(e->owner); }
+
+static void close_listener(struct xfer *x)
+{
+    if (x->listening) {
+        x->listening = false;
+        uv_close((uv_handle_t *)&x->listener, on_handle_closed);
+    }
+}
+
+/* Closes everything that is open. reset: RST instead of FIN. */
+static void teardown(struct xfer *x, bool reset)
+{
+    x->torn_down = true;
+    close_listener(x);
+    uv_timer_stop(&x->timer);
+    if (x->client != NULL)
+        ep_close(x->client, reset);
+    if (x->backend.open)
+        ep_close(&x->backend, reset);
+}
+
+static void report(struct xfer *x, enum xfer_event ev, const char *reason)
+{
+    if (x->cs != NULL && !x->torn_down)
+        ctl_xfer_event(x->cs, ev, reason);
+}
+
+/* The client side is finished: report once (the held reply may go out).
+ * reset: end the client's connection with RST rather than FIN. */
+static void client_done(struct xfer *x, const char *reason, bool reset)
+{
+    if (x->client != NULL)
+        ep_close(x->client, reset);
+    if (x->done)
+        return;
+    x->done = true;
+    report(x, XFER_DONE, reason);
+}
+
+/* A failure that ends both connections at once; the backend always sees a
+ * reset, so that it never takes a cut transfer for a complete one. */
+static void end_both(struct xfer *x, const char *reason, bool reset_client)
+{
+    if (x->backend.open)
+        ep_close(&x->backend, true);
+    close_listener(x);
+    uv_timer_stop(&x->timer);
+    client_done(x, reason, reset_client);
+}
+
+static void fail(struct xfer *x, const char *reason) { end_both(x, reason, true); }
+
+/* A data connection that broke a rule: closed plainly (the client then reads
+ * an empty transfer and the 522 on the control connection). */
+static void refuse(struct xfer *x, const char *reason)
+{
+    x->refusal = reason;
+    report(x, XFER_REFUSED, reason);
+    end_both(x, reason, false);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct xfer *x = t->data;
+
+    if (x->client_shut) {
+        client_done(x, NULL, false); /* the client did not close after our shutdown */
+        return;
+    }
+    fail(x, x->client == NULL ? "no data connection within data_timeout"
+                              : "data connection stalled for data_timeout");
+}
+
+static void arm_timeout(struct xfer *x)
+{
+    if (!x->client_shut && !x->torn_down)
+        uv_timer_start(&x->timer, on_timeout, x->data_timeout_ms, 0);
+}
+
+static struct xfer *xfer_alloc(struct ctl_session *cs, const struct xfer_params *p)
+{
+    struct xfer *x = calloc(1, sizeof(*x));
+
+    if (x == NULL)
+        return NULL;
+    x->cs = cs;
+    x->loop = p->loop;
+    x->lg = *p->lg;
+    x->lg.site = NULL;
+    x->lg.backend = NULL;
+    x->pool = p->pool;
+    x->ssl_ctx = p->ssl_ctx;
+    x->cert_ctx = p->cert_ctx;
+    memcpy(x->token, p->token, sizeof(x->token));
+    x->require_reuse = p->require_reuse;
+    x->data_timeout_ms = (uint64_t)p->data_timeout * 1000;
+    memcpy(&x->allowed, p->client, sizeof(x->allowed));
+    memcpy(&x->local, p->local, sizeof(x->local));
+    memcpy(&x->backend_local, p->backend_local, sizeof(x->backend_local));
+    buf_init(&x->up, XFER_BUF);
+    buf_init(&x->down, XFER_BUF);
+    uv_timer_init(x->loop, &x->timer);
+    x->timer.data = x;
+    x->open_handles = 1;
+    return x;
+}
+
+/* ---- addresses ---- */
+
+static void set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+/* The 16-byte form of an address (IPv4 as IPv4-mapped IPv6). */
+static void ip16(const struct sockaddr_storage *ss, uint8_t out[16])
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+    if (ss->ss_family == AF_INET) {
+        memcpy(out, mapped, 12);
+        memcpy(out + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else {
+        memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    }
+}
+
+static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    uint8_t x[16], y[16];
+
+    ip16(a, x);
+    ip16(b, y);
+    return memcmp(x, y, 16) == 0;
+}
+
+/* ---- the backend side ---- */
+
+static void start_backend(struct xfer *x)
+{
+    struct sockaddr_storage from = x->backend_local;
+    int rc;
+
+    if (x->backend_started || !x->backend_known || x->client == NULL || x->torn_down)
+        return;
+    x->backend_started = true;
+    rc = ep_init(&x->backend, x->loop, on_backend_event, on_backend_closed, x);
+    if (rc != 0) {
+        fail(x, "cannot open a backend data connection");
+        return;
+    }
+    x->open_handles++;
+    ep_set_bufs(&x->backend, &x->down, &x->up);
+    /* From the backend control connection's own address: vsftpd refuses data
+     * connections from any other ("425 Security: Bad IP connecting"). */
+    set_port(&from, 0);
+    rc = ep_connect(&x->backend, (const struct sockaddr *)&x->backend_data,
+                    (const struct sockaddr *)&from);
+    if (rc != 0)
+        fail(x, "cannot connect to the backend's data port");
+}
+
+/* The download is over on the backend's side: pass the end on to the client
+ * once the final reply tells how it ended. */
+static void end_download(struct xfer *x)
+{
+    if (!x->backend_eof || x->final_code == 0 || !x->client_ready || x->client == NULL ||
+        x->torn_down)
+        return;
+    if (x->final_code >= 300) {
+        fail(x, "the transfer failed");
+        return;
+    }
+    ep_shutdown(x->client);
+}
+
+static void on_backend_event(struct ep *e, enum ep_event ev, int status)
+{
+    struct xfer *x = e->owner;
+
+    switch (ev) {
+    case EP_CONNECTED:
+        if (status < 0) {
+            fail(x, "the backend's data port refused the connection");
+            return;
+        }
+        if (x->client_ready)
+            ep_read(&x->backend);
+        ep_flush(&x->backend);
+        return;
+    case EP_READ: /* down received bytes */
+        arm_timeout(x);
+        if (x->client != NULL)
+            ep_flush(x->client);
+        return;
+    case EP_DRAINED: /* up has room again */
+        arm_timeout(x);
+        if (x->client != NULL)
+            ep_read(x->client);
+        if (x->client_eof && buf_len(&x->up) == 0)
+            ep_shutdown(&x->backend);
+        return;
+    case EP_EOF:
+        /* vsftpd waits for our close before it sends the final reply. */
+        x->backend_eof = true;
+        if (buf_len(&x->up) == 0)
+            ep_close(&x->backend, false);
+        end_download(x);
+        return;
+    case EP_SHUTDOWN:
+        return;
+    case EP_ERROR:
+    default:
+        fail(x, "the backend's data connection failed");
+        return;
+    }
+}
+
+/* ---- the client side ---- */
+
+/* Relaying starts only now: nothing from the backend reaches a client whose
+ * TLS is not done and checked. */
+static void client_ready(struct xfer *x)
+{
+    x->client_ready = true;
+    ep_read(x->client);
+    if (x->backend.open && !x->backend.closing)
+        ep_read(&x->backend);
+    ep_flush(x->client);
+    end_download(x);
+}
+
+static void on_handshake(struct xfer *x)
+{
+    SSL *ssl = tlsconn_ssl(x->client->tls);
+
+    if (x->require_reuse && !SSL_session_reused(ssl)) {
+        refuse(x, "its TLS session does not resume the control connection's (session reuse "
+                  "required)");
+        return;
+    }
+    LOG_DEBUG(&x->lg, "data_tls", "version", SSL_get_version(ssl), "resumed",
+              SSL_session_reused(ssl) ? "yes" : "no", NULL);
+    client_ready(x);
+}
+
+static void on_client_event(struct ep *e, enum ep_event ev, int status)
+{
+    struct xfer *x = e->owner;
+
+    if (e != x->client)
+        return; /* a refused connection on its way out */
+    switch (ev) {
+    case EP_CONNECTED: /* active mode */
+        if (status < 0) {
+            fail(x, "cannot connect to the client's PORT address");
+            return;
+        }
+        client_connected(x);
+        return;
+    case EP_HANDSHAKE:
+        on_handshake(x);
+        return;
+    case EP_READ: /* up received bytes */
+        arm_timeout(x);
+        if (x->backend.open)
+            ep_flush(&x->backend);
+        return;
+    case EP_DRAINED: /* down has room again (or a handshake flight went out) */
+        arm_timeout(x);
+        if (x->client_ready && x->backend.open)
+            ep_read(&x->backend);
+        return;
+    case EP_EOF:
+        x->client_eof = true;
+        if (x->client_shut) { /* the client closed after our close_notify */
+            client_done(x, NULL, false);
+            return;
+        }
+        if (status != 0 && x->client->tls != NULL) {
+            fail(x, "the client ended the data connection without close_notify (truncated)");
+            return;
+        }
+        if (x->download || !x->started) {
+            fail(x, "the client closed the data connection early");
+            return;
+        }
+        /* The upload is complete: FIN to the backend once up is written, and
+         * our close_notify to the client, which may wait for it. */
+        if (buf_len(&x->up) == 0 && x->backend.open)
+            ep_shutdown(&x->backend);
+        ep_shutdown(x->client);
+        return;
+    case EP_SHUTDOWN:
+        x->client_shut = true;
+        if (x->client_eof) {
+            client_done(x, NULL, false);
+            return;
+        }
+        uv_timer_start(&x->timer, on_timeout, XFER_LINGER_MS, 0);
+        return;
+    case EP_ERROR:
+    default:
+        if (!x->client_ready && x->client->tls != NULL) {
+            refuse(x, "its TLS handshake failed");
+            return;
+        }
+        fail(x, "the client's data connection failed");
+        return;
+    }
+}
+
+/* A data connection is ours: start TLS (or not) and reach for the backend. */
+static void client_connected(struct xfer *x)
+{
+    struct tlsconn *t;
+    SSL *ssl;
+
+    close_listener(x);
+    arm_timeout(x);
+    ep_set_bufs(x->client, &x->up, &x->down);
+    start_backend(x);
+    if (x->ssl_ctx == NULL) {
+        client_ready(x);
+        return;
+    }
+    /* Made from the control connection's first context (its session cache
+     * and ticket keys), then given its certificate's context, as the control
+     * connection was by SNI. */
+    t = tlsconn_new(x->ssl_ctx, XFER_TLS_BUF);
+    if (t == NULL) {
+        fail(x, "out of memory");
+        return;
+    }
+    ssl = tlsconn_ssl(t);
+    if ((x->cert_ctx != x->ssl_ctx && SSL_set_SSL_CTX(ssl, x->cert_ctx) == NULL) ||
+        tlsctx_setup(ssl, &x->tci, x->token, true) != 0) {
+        tlsconn_free(t);
+        fail(x, "out of memory");
+        return;
+    }
+    ep_start_tls(x->client, t, NULL);
+    if (x->client != NULL && !x->client->closing)
+        ep_read(x->client);
+}
+
+static struct ep *new_client_ep(struct xfer *x)
+{
+    struct ep *e = malloc(sizeof(*e));
+
+    if (e == NULL)
+        return NULL;
+    if (ep_init(e, x->loop, on_client_event, on_client_closed, x) != 0) {
+        free(e);
+        return NULL;
+    }
+    x->open_handles++;
+    return e;
+}
+
+static void on_data_connection(uv_stream_t *server, int status)
+{
+    struct xfer *x = server->data;
+    struct sockaddr_storage peer;
+    char addr[64];
+    struct ep *e;
+
+    if (status < 0 || x->torn_down)
+        return;
+    e = new_client_ep(x);
+    if (e == NULL)
+        return;
+    if (ep_accept(e, server) != 0 || ep_sockname(e, &peer, true) != 0) {
+        ep_close(e, true);
+        return;
+    }
+    if (!same_ip(&peer, &x->allowed) || x->client != NULL) {
+        log_addr(addr, sizeof(addr), (const struct sockaddr *)&peer);
+        LOG_WARN(&x->lg, "data_refused", "reason",
+                 x->client != NULL ? "second data connection" : "address differs from the control "
+                                                                "connection's",
+                 "from", addr, NULL);
+        ep_close(e, true);
+        return;
+    }
+    x->client = e;
+    client_connected(x);
+}
+
+/* ---- the interface ---- */
+
+static int listen_on_pool_port(struct xfer *x)
+{
+    struct sockaddr_storage sa = x->local;
+    int rc = UV_ENOSPC;
+
+    for (int i = 0; i < XFER_BIND_TRIES; i++) {
+        uint16_t port;
+
+        if (portpool_reserve(x->pool, &port) != 0)
+            return UV_ENOSPC;
+        set_port(&sa, port);
+        rc = uv_tcp_bind(&x->listener, (const struct sockaddr *)&sa, 0);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&x->listener, 8, on_data_connection);
+        if (rc == 0) {
+            x->port = port;
+            return 0;
+        }
+        portpool_release(x->pool, port); /* taken by someone else: try the next */
+        if (rc != UV_EADDRINUSE)
+            return rc;
+    }
+    return rc;
+}
+
+struct xfer *xfer_new_passive(struct ctl_session *cs, const struct xfer_params *p, uint16_t *port,
+                              int *err)
+{
+    struct xfer *x = xfer_alloc(cs, p);
+    int rc;
+
+    *err = UV_ENOMEM;
+    if (x == NULL)
+        return NULL;
+    rc = uv_tcp_init(x->loop, &x->listener);
+    if (rc == 0) {
+        x->listener.data = x;
+        x->listening = true;
+        x->open_handles++;
+        rc = listen_on_pool_port(x);
+    }
+    if (rc != 0) {
+        *err = rc;
+        xfer_detach(x);
+        return NULL;
+    }
+    *port = x->port;
+    arm_timeout(x);
+    return x;
+}
+
+struct xfer *xfer_new_active(struct ctl_session *cs, const struct xfer_params *p,
+                             const struct sockaddr *to, int *err)
+{
+    struct xfer *x = xfer_alloc(cs, p);
+
+    *err = UV_ENOMEM;
+    if (x == NULL)
+        return NULL;
+    x->active = true;
+    memcpy(&x->active_to, to,
+           to->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+    return x;
+}
+
+void xfer_set_backend(struct xfer *x, const struct sockaddr *backend_data)
+{
+    memcpy(&x->backend_data, backend_data,
+           backend_data->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                              : sizeof(struct sockaddr_in6));
+    x->backend_known = true;
+    start_backend(x);
+}
+
+void xfer_start(struct xfer *x, bool download)
+{
+    struct sockaddr_storage from = x->local;
+    struct ep *e;
+
+    x->started = true;
+    x->download = download;
+    if (!x->active || x->client != NULL)
+        return;
+    /* Active mode: we connect out to the client, from our control address,
+     * and stay the TLS server (RFC 4217). */
+    e = new_client_ep(x);
+    if (e == NULL) {
+        fail(x, "out of memory");
+        return;
+    }
+    x->client = e;
+    set_port(&from, 0);
+    if (ep_connect(e, (const struct sockaddr *)&x->active_to, (const struct sockaddr *)&from) != 0)
+        fail(x, "cannot connect to the client's PORT address");
+}
+
+void xfer_final_reply(struct xfer *x, int code)
+{
+    x->final_code = code;
+    if (x->done || x->torn_down)
+        return;
+    if (code >= 300) {
+        fail(x, NULL);
+        return;
+    }
+    if (x->client == NULL) { /* nothing was ever connected */
+        client_done(x, NULL, false);
+        return;
+    }
+    if (x->download)
+        end_download(x);
+}
+
+bool xfer_refused(const struct xfer *x, const char **reason)
+{
+    *reason = x->refusal;
+    return x->refusal != NULL;
+}
+
+void xfer_abort(struct xfer *x)
+{
+    if (!x->torn_down)
+        teardown(x, true);
+}
+
+void xfer_detach(struct xfer *x)
+{
+    x->cs = NULL;
+    x->detached = true;
+    if (!x->torn_down)
+        teardown(x, true);
+    uv_close((uv_handle_t *)&x->timer, on_handle_closed);
+}
+
+void xfer_bytes(const struct xfer *x, uint64_t *up, uint64_t *down)
+{
+    *up = x->client != NULL ? x->client->rx : x->up_total;
+    *down = x->backend_started ? x->backend.rx : 0;
+}
