@@ -33,9 +33,9 @@ void buf_reset(struct buf *b);
 static inline size_t buf_len(const struct buf *b) { return b->len; }
 static inline const char *buf_head(const struct buf *b) { return b->data + b->off; }
 
-/* Contiguous room after the held bytes, moving them to the front first when
- * that makes more room. Allocates the storage when absent; 0 if that fails or
- * the buffer is full. */
+/* Contiguous room after the held bytes. When that room is under a quarter of
+ * the capacity, the bytes are first moved to the front (never while pinned).
+ * Allocates the storage when absent; 0 if that fails or there is no room. */
 size_t buf_room(struct buf *b);
 /* Where the next byte goes; call buf_room() first. */
 char *buf_tail(struct buf *b);
@@ -43,7 +43,8 @@ char *buf_tail(struct buf *b);
 void buf_commit(struct buf *b, size_t n);
 /* Drops n bytes from the front. n <= buf_len(). */
 void buf_consume(struct buf *b, size_t n);
-/* Appends all n bytes or none: 0, or PX_ENOSPC / PX_ENOMEM. */
+/* Appends all n bytes or none: 0, or PX_ENOSPC (no room; while pinned,
+ * only the room after the held bytes counts) / PX_ENOMEM. */
 int buf_append(struct buf *b, const void *p, size_t n);
 
 /* Takes one line ending in LF from the front. The LF and a CR just before it

@@ -56,6 +56,11 @@ void tlsconn_out_done(struct tlsconn *t);
 /* Ciphertext bytes not yet confirmed written (queued and on the wire). */
 size_t tlsconn_out_pending(const struct tlsconn *t);
 
+/* Removes this connection's session from the session cache of `cache` (the
+ * context it was made with): a control session does so when it ends, so its
+ * data connections' way back in is closed and the cache does not fill up. */
+void tlsconn_forget_session(struct tlsconn *t, SSL_CTX *cache);
+
 /* Gives back buffer memory that holds no bytes (idle control sessions). */
 void tlsconn_shrink(struct tlsconn *t);
 

@@ -200,6 +200,8 @@ void ctl_close(struct ctl_session *cs, const char *reason)
     cs->close_reason = reason;
     LOG_INFO(&cs->lg, "close", "reason", reason, NULL);
     drop_xfer(cs);
+    if (cs->client.tls != NULL && cs->ctx0 != NULL)
+        tlsconn_forget_session(cs->client.tls, cs->ctx0);
     ep_close(&cs->client, false);
     if (cs->backend.open)
         ep_close(&cs->backend, false);
@@ -1046,10 +1048,12 @@ static void on_abor(struct ctl_session *cs, const char *line, size_t len)
         uv_fileno((uv_handle_t *)&cs->backend.tcp, &fd) == 0 &&
         send(fd, synch, 3, MSG_OOB | MSG_NOSIGNAL) == 3)
         (void)buf_append(&cs->bout, "\xf2", 1); /* DM ends the Synch */
+    /* ABOR goes out before the data connections are reset, so the backend
+     * knows why its transfer broke (426 for it, then 226 for ABOR). */
+    send_backend_str(cs, "ABOR", WAIT_XFER_ABOR);
     if (cs->xfer != NULL)
         log_transfer(cs, "aborted");
     drop_xfer(cs);
-    send_backend_str(cs, "ABOR", WAIT_XFER_ABOR);
 }
 
 /* ---- replies from the backend ---- */

@@ -139,6 +139,11 @@ void tlsconn_free(struct tlsconn *t)
 {
     if (t == NULL)
         return;
+    /* Freed without a close_notify exchange, OpenSSL would drop the session
+     * from the cache and mark it unresumable: one aborted data connection
+     * would then break resumption for every later one of its control
+     * session. Sessions end explicitly instead (tlsconn_forget_session). */
+    SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     SSL_free(t->ssl);
     buf_free(&t->in);
     buf_free(&t->out[0]);
@@ -274,4 +279,12 @@ const char *tlsconn_error_text(char *dst, size_t cap)
         ERR_error_string_n(e, dst, cap);
     ERR_clear_error();
     return dst;
+}
+
+void tlsconn_forget_session(struct tlsconn *t, SSL_CTX *cache)
+{
+    SSL_SESSION *sess = SSL_get_session(t->ssl);
+
+    if (sess != NULL)
+        SSL_CTX_remove_session(cache, sess);
 }
