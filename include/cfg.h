@@ -42,7 +42,7 @@ struct cfg_backend {
     char *private_key; /* set exactly when certificate is */
     unsigned max_sessions; /* 0: no cap */
     unsigned line;         /* line of the [backend:NAME] header */
-    unsigned certificate_line;
+    unsigned certificate_line; /* line of its certificate key, 0 when none */
 };
 
 struct cfg {
@@ -107,7 +107,8 @@ int cfg_parse(const char *text, size_t len, const char *name, cfg_report_fn *rep
 
 /* Reads path and parses it, then checks that every certificate, key and
  * ca_file named is a readable regular file, reporting each that is not.
- * Returns 0 with *out, PX_ENOENT when path cannot be read, or PX_EINVAL. */
+ * Returns 0 with *out, PX_ENOENT when path cannot be read (reported as
+ * "PATH:0: cannot read the configuration: ..."), PX_EINVAL or PX_ENOMEM. */
 int cfg_load(const char *path, cfg_report_fn *report, void *arg, struct cfg **out);
 
 void cfg_free(struct cfg *c);

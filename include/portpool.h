@@ -4,6 +4,7 @@
 #ifndef PORTPOOL_H
 #define PORTPOOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -12,6 +13,7 @@ struct portpool {
     uint8_t *used;    /* owned; one byte per port */
     size_t in_use;
     size_t next;      /* offset where the next search starts */
+    bool retired;     /* replaced by a reload: freed when its last port returns */
 };
 
 /* 0, PX_EINVAL (lo == 0 or lo > hi) or PX_ENOMEM. */

@@ -28,7 +28,7 @@ struct server_count {
 struct server {
     uv_loop_t *loop;
     struct gen *gen;            /* ref: the generation for new sessions */
-    struct portpool pool;       /* this worker's passive ports */
+    struct portpool *pool;      /* owned: this worker's passive ports */
     struct listener *listeners; /* owned list */
     struct ctl_session *sessions; /* running sessions: ctl.c keeps the list */
     size_t n_sessions;
@@ -44,8 +44,14 @@ struct server {
  * passive port pool and every listener of g's configuration. Reports each
  * listener that cannot be opened; returns 0 or the first libuv error. */
 int server_start(struct server *srv, uv_loop_t *loop, struct gen *g);
-/* Makes g the generation of new sessions (running ones keep theirs). */
-void server_set_gen(struct server *srv, struct gen *g);
+/* Applies a reloaded generation: new sessions use g (running ones keep
+ * theirs), listeners g no longer names are closed, new ones opened, those
+ * that stay are untouched; a changed passive range gets a new pool, and the
+ * old one lives on until its last port returns. Returns 0, or the first
+ * error of a listener that could not be opened (the rest still applies). */
+int server_apply(struct server *srv, struct gen *g);
+/* Returns a passive port to the pool it came from (xfer.c). */
+void server_release_port(struct portpool *pool, uint16_t port);
 /* Stops accepting; sessions get shutdown_grace seconds, then 421. The loop
  * ends once the last session is gone. */
 void server_stop(struct server *srv);

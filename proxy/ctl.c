@@ -734,7 +734,7 @@ static void xfer_params_of(struct ctl_session *cs, struct xfer_params *p)
     bool tls = cs->prot_p && cs->client.tls != NULL;
 
     p->loop = cs->srv->loop;
-    p->pool = &cs->srv->pool;
+    p->pool = cs->srv->pool;
     p->local = (const struct sockaddr *)&cs->local;
     p->client = (const struct sockaddr *)&cs->peer;
     p->backend_local = (const struct sockaddr *)&cs->backend_local;

@@ -8,21 +8,33 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
+#include "certcheck.h"
 #include "cfg.h"
 #include "gen.h"
 #include "log.h"
+#include "px.h"
 #include "server.h"
+#include "tlsctx.h"
+#include "watch.h"
 
 #define DEFAULT_CONFIG "/etc/ftpsgate/ftpsgate.ini"
+
+#define WATCH_DEBOUNCE_MS 1500      /* a key and its certificate are written in turn */
+#define DAILY_MS (24u * 3600 * 1000) /* certificate problems are logged again daily */
 
 struct app {
     const char *path;
     struct server srv;
     uint64_t next_gen;
     unsigned errors;
+    struct watch *watch; /* the certificate and key files in force */
+    uv_timer_t daily;
 };
+
+static void watch_files(struct app *a);
 
 static void usage(FILE *f)
 {
@@ -51,24 +63,60 @@ static void report_log(void *arg, const char *msg)
     LOG_ERROR(NULL, "config_error", "msg", msg, NULL);
 }
 
-static int check(struct app *a)
+static void print_line(void *arg, bool finding, bool error, const char *line)
 {
-    struct gen *g = gen_load(a->path, 1, report_check, a);
-
-    if (g == NULL) {
-        printf("%s: configuration NOT ok (%u error%s)\n", a->path, a->errors,
-               a->errors == 1 ? "" : "s");
-        return 1;
-    }
-    printf("%s: configuration ok: %zu backend%s, %zu listener%s\n", a->path,
-           g->cfg->n_backends, g->cfg->n_backends == 1 ? "" : "s",
-           g->cfg->n_listen + g->cfg->n_listen_implicit,
-           g->cfg->n_listen + g->cfg->n_listen_implicit == 1 ? "" : "s");
-    gen_unref(g);
-    return 0;
+    (void)arg;
+    (void)finding;
+    (void)error;
+    printf("%s\n", line);
 }
 
-static void reload(struct app *a)
+static void log_line(void *arg, bool finding, bool error, const char *line)
+{
+    (void)arg;
+    if (finding)
+        log_ev(error ? CFG_LOG_ERROR : CFG_LOG_WARN, NULL, "certificate_check", "msg", line,
+               NULL);
+}
+
+/* -t: the configuration, then every certificate, then the contexts. */
+static int check(struct app *a)
+{
+    struct certcheck_result res = {0, 0};
+    struct cfg *cfg = NULL;
+    struct tlsctx *tls;
+
+    if (cfg_load(a->path, report_check, a, &cfg) == 0) {
+        res = certcheck_run(cfg, time(NULL), true, print_line, a);
+        if (res.errors == 0) { /* what OpenSSL itself refuses (e.g. tls_ciphers) */
+            tls = tlsctx_new(cfg, report_check, a);
+            tlsctx_free(tls);
+        }
+        cfg_free(cfg);
+    }
+    res.errors += a->errors;
+    printf("ftpsgate: %s: %u error%s, %u warning%s: %s\n", a->path, res.errors,
+           res.errors == 1 ? "" : "s", res.warnings, res.warnings == 1 ? "" : "s",
+           res.errors == 0 ? "the configuration can serve"
+                           : "the configuration cannot serve: fix the errors above");
+    return res.errors == 0 ? 0 : 1;
+}
+
+/* Start-up, reload and the daily check: problems a site can be served with
+ * (expired, a name not covered...) are logged, and every other site serves. */
+static void check_certificates(struct gen *g)
+{
+    struct certcheck_result res = certcheck_run(g->cfg, time(NULL), false, log_line, NULL);
+    char e[24], w[24];
+
+    if (res.errors > 0 || res.warnings > 0)
+        LOG_WARN(NULL, "certificates_checked", "errors", log_u64(e, res.errors), "warnings",
+                 log_u64(w, res.warnings), NULL);
+}
+
+/* SIGHUP, or a certificate file changed: the new generation takes over for
+ * new sessions, or, when it cannot be loaded, the old one stays. */
+static void reload(struct app *a, const char *why)
 {
     struct gen *g;
     char id[24];
@@ -76,22 +124,59 @@ static void reload(struct app *a)
     a->errors = 0;
     g = gen_load(a->path, a->next_gen, report_log, a);
     if (g == NULL) {
-        LOG_ERROR(NULL, "reload_failed", "config", a->path, "msg",
+        LOG_ERROR(NULL, "reload_failed", "trigger", why, "config", a->path, "msg",
                   "the configuration in force stays", NULL);
         return;
     }
     a->next_gen++;
     log_setup(g->cfg->log_level, g->cfg->log_format);
-    server_set_gen(&a->srv, g);
-    LOG_INFO(NULL, "reloaded", "config", a->path, "generation", log_u64(id, g->id), NULL);
+    check_certificates(g);
+    if (server_apply(&a->srv, g) != 0)
+        LOG_ERROR(NULL, "reload_partial", "msg", "a new listener could not be opened", NULL);
+    LOG_INFO(NULL, "reloaded", "trigger", why, "config", a->path, "generation", log_u64(id, g->id),
+             NULL);
     gen_unref(g);
+    watch_files(a);
+}
+
+static void on_files_changed(void *arg) { reload(arg, "certificate files changed"); }
+
+static void watch_files(struct app *a)
+{
+    const struct cfg *cfg = a->srv.gen->cfg;
+    const char *paths[2 + 2 * 64];
+    size_t n = 0;
+
+    paths[n++] = cfg->certificate;
+    paths[n++] = cfg->private_key;
+    for (size_t i = 0; i < cfg->n_backends && n + 2 <= PX_NELEM(paths); i++) {
+        if (cfg->backends[i].certificate == NULL)
+            continue;
+        paths[n++] = cfg->backends[i].certificate;
+        paths[n++] = cfg->backends[i].private_key;
+    }
+    watch_stop(a->watch);
+    a->watch = watch_start(a->srv.loop, paths, n, WATCH_DEBOUNCE_MS, on_files_changed, a);
+}
+
+static void on_daily(uv_timer_t *t)
+{
+    struct app *a = t->data;
+
+    check_certificates(a->srv.gen);
 }
 
 static void on_idle(struct server *srv)
 {
+    struct app *a = PX_CONTAINER_OF(srv, struct app, srv);
+
     for (size_t i = 0; i < 3; i++)
         if (!uv_is_closing((uv_handle_t *)&srv->sigs[i]))
             uv_close((uv_handle_t *)&srv->sigs[i], NULL);
+    if (!uv_is_closing((uv_handle_t *)&a->daily))
+        uv_close((uv_handle_t *)&a->daily, NULL);
+    watch_stop(a->watch);
+    a->watch = NULL;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -99,7 +184,7 @@ static void on_signal(uv_signal_t *h, int signum)
     struct app *a = h->data;
 
     if (signum == SIGHUP) {
-        reload(a);
+        reload(a, "SIGHUP");
         return;
     }
     if (a->srv.stopping) { /* a second TERM/INT: do not wait */
@@ -124,6 +209,7 @@ static int run(struct app *a)
     }
     a->next_gen = 2;
     log_setup(g->cfg->log_level, g->cfg->log_format);
+    check_certificates(g);
     signal(SIGPIPE, SIG_IGN);
     rc = server_start(&a->srv, loop, g);
     gen_unref(g);
@@ -135,6 +221,10 @@ static int run(struct app *a)
         a->srv.sigs[i].data = a;
         uv_signal_start(&a->srv.sigs[i], on_signal, signums[i]);
     }
+    uv_timer_init(loop, &a->daily);
+    a->daily.data = a;
+    uv_timer_start(&a->daily, on_daily, DAILY_MS, DAILY_MS);
+    watch_files(a);
     LOG_INFO(NULL, "started", "version", FTPSGATE_VERSION, "config", a->path, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
     LOG_INFO(NULL, "stopped", NULL);

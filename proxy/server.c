@@ -120,12 +120,34 @@ void server_backend_leave(struct server *srv, const char *backend)
 
 /* ---- life ---- */
 
+static bool has_listener(const struct server *srv, const struct cfg_addr *a, bool implicit)
+{
+    for (const struct listener *l = srv->listeners; l != NULL; l = l->next)
+        if (l->implicit == implicit && strcmp(l->addr.text, a->text) == 0)
+            return true;
+    return false;
+}
+
+static bool cfg_has(const struct cfg *cfg, const struct listener *l)
+{
+    const struct cfg_addr *list = l->implicit ? cfg->listen_implicit : cfg->listen;
+    size_t n = l->implicit ? cfg->n_listen_implicit : cfg->n_listen;
+
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i].text, l->addr.text) == 0)
+            return true;
+    return false;
+}
+
+/* Opens the listeners of addrs that are not open yet. */
 static int open_list(struct server *srv, const struct cfg_addr *addrs, size_t n, bool implicit)
 {
     struct listener *l;
     int rc, first = 0;
 
     for (size_t i = 0; i < n; i++) {
+        if (has_listener(srv, &addrs[i], implicit))
+            continue;
         rc = listener_open(srv, &addrs[i], implicit, &l);
         if (rc != 0) {
             LOG_ERROR(NULL, "listen_failed", "listen", addrs[i].text, "error", uv_strerror(rc),
@@ -142,6 +164,26 @@ static int open_list(struct server *srv, const struct cfg_addr *addrs, size_t n,
     return first;
 }
 
+static struct portpool *new_pool(const struct cfg *cfg)
+{
+    struct portpool *p = calloc(1, sizeof(*p));
+
+    if (p != NULL && portpool_init(p, cfg->passive_min, cfg->passive_max) != 0) {
+        free(p);
+        p = NULL;
+    }
+    return p;
+}
+
+void server_release_port(struct portpool *pool, uint16_t port)
+{
+    portpool_release(pool, port);
+    if (pool->retired && portpool_in_use(pool) == 0) {
+        portpool_free(pool);
+        free(pool);
+    }
+}
+
 int server_start(struct server *srv, uv_loop_t *loop, struct gen *g)
 {
     const struct cfg *cfg = g->cfg;
@@ -149,9 +191,9 @@ int server_start(struct server *srv, uv_loop_t *loop, struct gen *g)
 
     srv->loop = loop;
     srv->gen = gen_ref(g);
-    rc = portpool_init(&srv->pool, cfg->passive_min, cfg->passive_max);
-    if (rc != 0)
-        return rc;
+    srv->pool = new_pool(cfg);
+    if (srv->pool == NULL)
+        return UV_ENOMEM;
     uv_timer_init(loop, &srv->grace);
     srv->grace.data = srv;
     rc = open_list(srv, cfg->listen, cfg->n_listen, false);
@@ -160,12 +202,42 @@ int server_start(struct server *srv, uv_loop_t *loop, struct gen *g)
     return rc;
 }
 
-void server_set_gen(struct server *srv, struct gen *g)
+int server_apply(struct server *srv, struct gen *g)
 {
+    const struct cfg *cfg = g->cfg;
+    struct listener **pl = &srv->listeners;
     struct gen *old = srv->gen;
+    struct portpool *pool;
+    int rc;
 
+    while (*pl != NULL) {
+        struct listener *l = *pl;
+
+        if (cfg_has(cfg, l)) {
+            pl = &l->next;
+            continue;
+        }
+        *pl = l->next;
+        LOG_INFO(NULL, "listener_closed", "listen", l->addr.text, NULL);
+        listener_close(l);
+    }
+    rc = open_list(srv, cfg->listen, cfg->n_listen, false);
+    if (open_list(srv, cfg->listen_implicit, cfg->n_listen_implicit, true) != 0 && rc == 0)
+        rc = -1;
+    if (cfg->passive_min != srv->pool->lo || cfg->passive_max != srv->pool->hi) {
+        pool = new_pool(cfg);
+        if (pool != NULL) {
+            srv->pool->retired = true;
+            if (portpool_in_use(srv->pool) == 0) {
+                portpool_free(srv->pool);
+                free(srv->pool);
+            }
+            srv->pool = pool;
+        }
+    }
     srv->gen = gen_ref(g);
     gen_unref(old);
+    return rc;
 }
 
 static void on_grace(uv_timer_t *t)

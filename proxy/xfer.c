@@ -26,6 +26,7 @@
 #include "log.h"
 #include "portpool.h"
 #include "px.h"
+#include "server.h"
 #include "tlsconn.h"
 #include "tlsctx.h"
 
@@ -87,7 +88,7 @@ static void client_connected(struct xfer *x);
 static void xfer_free(struct xfer *x)
 {
     if (x->port != 0)
-        portpool_release(x->pool, x->port);
+        server_release_port(x->pool, x->port);
     buf_free(&x->up);
     buf_free(&x->down);
     free(x);
