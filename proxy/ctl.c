@@ -26,6 +26,7 @@
 #include "ftp.h"
 #include "gen.h"
 #include "log.h"
+#include "pp.h"
 #include "px.h"
 #include "route.h"
 #include "server.h"
@@ -39,9 +40,11 @@
 #define CTL_HELD_CAP (8 * 1024)
 #define CTL_TLS_BUF (8 * 1024)
 #define CTL_LINGER_MS 3000 /* last flush before a close */
+#define CTL_PROXY_MS 5000  /* the PROXY header must come this fast */
 
 enum ctl_state {
-    CTL_HANDSHAKE = 0, /* implicit FTPS: TLS before the greeting */
+    CTL_PROXY_HDR = 0, /* waiting for the PROXY protocol header */
+    CTL_HANDSHAKE,     /* implicit FTPS: TLS before the greeting */
     CTL_PRE_LOGIN,
     CTL_CONNECTING, /* the login is routed; connecting to the backend */
     CTL_GREETING,   /* waiting for the backend's 220 */
@@ -123,6 +126,7 @@ struct ctl_session {
 static void process_input(struct ctl_session *cs, bool resume);
 static void process_replies(struct ctl_session *cs, bool resume);
 static void connect_backend(struct ctl_session *cs);
+static void proxy_header(struct ctl_session *cs);
 
 static const struct cfg *cfg_of(const struct ctl_session *cs) { return cs->gen->cfg; }
 
@@ -481,6 +485,16 @@ static void on_user(struct ctl_session *cs, const struct ftp_cmd *cmd)
     q.host_site = cs->host_site;
     q.sni_site = cs->tci.sni_site;
     st = route_decide(cfg, &q, &b);
+    if (st == ROUTE_UNKNOWN_HOST && ftp_check_host_arg(ua.host, ua.host_len) == 0 &&
+        ua.host_len <= 253) {
+        /* The name is echoed only once it is known to be a plain host name. */
+        LOG_INFO(&cs->lg, "route_refused", "reason", route_status_name(st), NULL);
+        replyf(cs,
+               "530 Unknown host '%.*s': no site has that name. Log in as USER host%cuser "
+               "with a configured host name.",
+               (int)ua.host_len, ua.host, cfg->host_separator);
+        return;
+    }
     if (st != ROUTE_OK) {
         LOG_INFO(&cs->lg, "route_refused", "reason", route_status_name(st), NULL);
         reply(cs, route_refusal(st));
@@ -1312,7 +1326,8 @@ static bool input_allowed(const struct ctl_session *cs)
 {
     if (cs->closing || cs->closing_after_flush || cs->tls_pending || cs->handshaking)
         return false;
-    if (cs->state == CTL_HANDSHAKE || cs->state == CTL_CONNECTING || cs->state == CTL_GREETING)
+    if (cs->state == CTL_PROXY_HDR || cs->state == CTL_HANDSHAKE || cs->state == CTL_CONNECTING ||
+        cs->state == CTL_GREETING)
         return false;
     if (buf_len(&cs->cout) > CTL_OUT_CAP - CTL_OUT_ROOM)
         return false; /* the client is not reading its replies */
@@ -1378,6 +1393,8 @@ static void on_client_event(struct ep *e, enum ep_event ev, int status)
         on_handshake(cs);
         return;
     case EP_READ:
+        if (cs->state == CTL_PROXY_HDR)
+            proxy_header(cs);
         process_input(cs, false);
         return;
     case EP_DRAINED:
@@ -1434,10 +1451,85 @@ void ctl_shutdown(struct ctl_session *cs)
         fail_session(cs, "421 Server shutting down.", "shutdown");
 }
 
+/* The session proper, once the client's address is known: limits, then the
+ * greeting (explicit) or the TLS handshake (implicit). */
+static void begin(struct ctl_session *cs)
+{
+    const char *refusal = server_admit(cs->srv, (const struct sockaddr *)&cs->peer);
+
+    if (refusal != NULL) {
+        LOG_WARN(&cs->lg, "refused", "reason", refusal, NULL);
+        if (cs->implicit) {
+            ctl_close(cs, refusal);
+            return;
+        }
+        fail_session(cs, "421 Too many connections: try again later.", refusal);
+        return;
+    }
+    cs->admitted = true;
+    LOG_INFO(&cs->lg, "connect", "listener", cs->implicit ? "implicit" : "explicit", NULL);
+    uv_timer_start(&cs->timer, on_timer, (uint64_t)cfg_of(cs)->login_timeout * 1000, 0);
+    if (cs->implicit) {
+        cs->state = CTL_HANDSHAKE;
+        start_tls(cs);
+    } else {
+        cs->state = CTL_PRE_LOGIN;
+        greet(cs);
+    }
+}
+
+static void on_proxy_timeout(uv_timer_t *t)
+{
+    struct ctl_session *cs = t->data;
+
+    LOG_WARN(&cs->lg, "refused", "reason", "no PROXY header within 5 seconds", NULL);
+    ctl_close(cs, "no PROXY header");
+}
+
+/* Untrusted: the first bytes of the connection, before we send anything. The
+ * header's source address becomes the client's address for logs, limits and
+ * the data-connection check; a v2 LOCAL header (a health check) keeps the
+ * balancer's own. */
+static void proxy_header(struct ctl_session *cs)
+{
+    static const unsigned versions[] = {0, PP_V1, PP_V2, PP_V1 | PP_V2};
+    const struct cfg *cfg = cfg_of(cs);
+    struct pp_header h;
+    int rc = pp_parse((const uint8_t *)buf_head(&cs->cin), buf_len(&cs->cin),
+                      versions[cfg->proxy_protocol], &h);
+
+    if (rc == 0 && buf_len(&cs->cin) < PP_MAX_LEN)
+        return; /* more bytes to come */
+    uv_timer_stop(&cs->timer);
+    if (rc <= 0) {
+        LOG_WARN(&cs->lg, "refused", "reason", "missing or malformed PROXY header", "expected",
+                 cfg_proxy_protocol_name(cfg->proxy_protocol), NULL);
+        ctl_close(cs, "bad PROXY header");
+        return;
+    }
+    buf_consume(&cs->cin, (size_t)rc);
+    if (!h.local) {
+        memcpy(&cs->peer, &h.src, sizeof(cs->peer));
+        log_addr(cs->lg.client, sizeof(cs->lg.client), (const struct sockaddr *)&cs->peer);
+    }
+    begin(cs);
+}
+
+static bool trusted_proxy(const struct ctl_session *cs)
+{
+    const struct cfg *cfg = cfg_of(cs);
+    const struct sockaddr_storage *p = &cs->peer;
+    const uint8_t *a = p->ss_family == AF_INET
+                           ? (const uint8_t *)&((const struct sockaddr_in *)p)->sin_addr
+                           : ((const struct sockaddr_in6 *)p)->sin6_addr.s6_addr;
+
+    return cfg_cidr_contains(cfg->proxy_protocol_from, cfg->n_proxy_protocol_from, p->ss_family,
+                             a);
+}
+
 void ctl_accept(struct server *srv, uv_stream_t *listener, bool implicit)
 {
     struct ctl_session *cs = calloc(1, sizeof(*cs));
-    const char *refusal;
     uv_os_fd_t fd;
     int on = 1;
 
@@ -1487,25 +1579,16 @@ void ctl_accept(struct server *srv, uv_stream_t *listener, bool implicit)
         ctl_close(cs, "no randomness");
         return;
     }
-    refusal = server_admit(srv, (const struct sockaddr *)&cs->peer);
-    if (refusal != NULL) {
-        LOG_WARN(&cs->lg, "refused", "reason", refusal, NULL);
-        if (implicit) {
-            ctl_close(cs, refusal);
-            return;
-        }
-        fail_session(cs, "421 Too many connections: try again later.", refusal);
+    if (cfg_of(cs)->proxy_protocol == CFG_PP_NO) {
+        begin(cs);
+    } else if (!trusted_proxy(cs)) {
+        LOG_WARN(&cs->lg, "refused", "reason", "PROXY header source not in proxy_protocol_from",
+                 NULL);
+        ctl_close(cs, "untrusted PROXY source");
         return;
-    }
-    cs->admitted = true;
-    LOG_INFO(&cs->lg, "connect", "listener", implicit ? "implicit" : "explicit", NULL);
-    uv_timer_start(&cs->timer, on_timer, (uint64_t)cfg_of(cs)->login_timeout * 1000, 0);
-    if (implicit) {
-        cs->state = CTL_HANDSHAKE;
-        start_tls(cs);
     } else {
-        cs->state = CTL_PRE_LOGIN;
-        greet(cs);
+        cs->state = CTL_PROXY_HDR;
+        uv_timer_start(&cs->timer, on_proxy_timeout, CTL_PROXY_MS, 0);
     }
     ep_read(&cs->client);
 }

@@ -1,0 +1,1344 @@
+"""Integration-test harness for ftpsgate: real programs on loopback, no mocks.
+
+What lives here:
+  * ports:        free_port(), free_port_range(n) (for passive ranges);
+  * certificates: CertFactory makes a throw-away CA and leaf certificates with
+                  the `openssl` command (also expired, not-yet-valid, wrong-name
+                  and wrong-key variants that later issues need);
+  * Vsftpd:       a real vsftpd backend with its own config, port, passive
+                  range, log and content; plaintext by default, or serving its
+                  own FTPS (tls=True, explicit or implicit) for comparisons;
+  * Proxy:        writes an ftpsgate INI, runs build/ftpsgate in the foreground,
+                  waits for its listeners, captures stderr, stops it;
+  * clients:      FtpsClient (ftplib.FTP_TLS: explicit/implicit, chosen SNI,
+                  HOST before/after AUTH, peer certificate DER, raw replies),
+                  curl(), lftp() and a raw plaintext control connection.
+
+Every wait has a timeout and every process is started in its own process
+group, so a test kills exactly the processes it started (and their children,
+e.g. vsftpd's per-session processes) and nothing else.
+
+Run with Debian's /usr/bin/python3 and python3-pytest (scripts/test does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The proxy binary: scripts/test points FTPSGATE_BIN at its own build dir.
+PROXY_BIN = Path(os.environ.get("FTPSGATE_BIN", str(ROOT / "build" / "ftpsgate")))
+
+VSFTPD_BIN = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
+
+LOOPBACK = "127.0.0.1"
+OTHER_CLIENT_ADDR = "127.0.0.2"   # "another client address" on loopback
+
+# Default timeouts (seconds). Every blocking call below takes one of these.
+T_START = 10.0     # a server to come up
+T_STOP = 8.0       # a server to exit after SIGTERM
+T_IO = 10.0        # one socket read/connect
+T_CLIENT = 30.0    # one curl/lftp run
+
+
+class HarnessError(Exception):
+    """Something in the test fixture (not the system under test) went wrong."""
+
+
+# --------------------------------------------------------------------------
+# Waiting
+# --------------------------------------------------------------------------
+
+def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll pred() until it is truthy; return its value or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------
+# Ports
+# --------------------------------------------------------------------------
+
+# Ports handed out in this process, never handed out twice. Single ports come
+# from the kernel's ephemeral range (bind to 0); ranges come from below it so
+# that outgoing connections (whose source ports are ephemeral) cannot collide
+# with a passive range later.
+_given: set[int] = set()
+_given_lock = threading.Lock()
+_rng = random.Random(os.getpid() ^ int(time.time()))
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    s = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on now (bind to port 0, then release it)."""
+    with _given_lock:
+        for _ in range(100):
+            s = socket.socket(_family(host), socket.SOCK_STREAM)
+            try:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            finally:
+                s.close()
+            if port not in _given:
+                _given.add(port)
+                return port
+    raise HarnessError("no free port found")
+
+
+def free_port_range(n: int, host: str = LOOPBACK) -> tuple[int, int]:
+    """A contiguous range [lo, hi] of n free ports, below the ephemeral range."""
+    eph_lo, _ = _ephemeral_range()
+    top = max(2000, eph_lo - n - 1)
+    with _given_lock:
+        for _ in range(200):
+            lo = _rng.randrange(10000, top)
+            ports = range(lo, lo + n)
+            if any(p in _given for p in ports):
+                continue
+            if all(_port_is_free(p, host) for p in ports):
+                _given.update(ports)
+                return lo, lo + n - 1
+    raise HarnessError(f"no free range of {n} ports found")
+
+
+def _listening_ports() -> set[int]:
+    """Local ports in LISTEN state, from /proc/net/tcp and tcp6."""
+    ports = set()
+    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(f).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 3 and parts[3] == "0A":
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def is_listening(port: int) -> bool:
+    """True when some socket listens on port. Reads /proc, so it opens no
+    connection (a probe connection would be a session in the proxy's logs)."""
+    return port in _listening_ports()
+
+
+# --------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the process group that proc leads (we started it with
+    start_new_session=True, so the group holds only it and its children)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _ppid_map() -> dict[int, int]:
+    m = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...; comm may contain spaces and parens.
+        rest = stat.rsplit(")", 1)[1].split()
+        m[int(d)] = int(rest[1])
+    return m
+
+
+def descendants(pid: int) -> set[int]:
+    """All live descendants of pid (children, their children, ...)."""
+    m = _ppid_map()
+    kids: dict[int, list[int]] = {}
+    for c, p in m.items():
+        kids.setdefault(p, []).append(c)
+    out, todo = set(), [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen, timeout: float = T_STOP, sig: int = signal.SIGTERM) -> int:
+    """Stop a process we started and every process it started.
+
+    vsftpd's session processes call setsid(), so they leave our process
+    group; they are found through their parent chain instead, before the
+    listener dies and they are re-parented. Only these pids are signalled.
+    Returns the exit status of proc (negative: killed by that signal)."""
+    kids = descendants(proc.pid) if proc.poll() is None else set()
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout)
+    _kill_group(proc, signal.SIGKILL)
+    for k in kids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(k, signal.SIGKILL)
+    return proc.returncode
+
+
+def run(cmd: list[str], timeout: float = T_CLIENT, input: Optional[bytes] = None,
+        env: Optional[dict] = None, cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+    """Run a client program with a hard timeout. On timeout the whole process
+    group it started is killed and TimeoutError is raised (the test fails,
+    it never hangs)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, env=env, cwd=cwd)
+    try:
+        out, err = proc.communicate(input=input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise TimeoutError(f"{cmd[0]} did not finish within {timeout}s\n"
+                           f"stdout: {out.decode(errors='replace')}\n"
+                           f"stderr: {err.decode(errors='replace')}")
+    return subprocess.CompletedProcess(cmd, proc.returncode,
+                                       out.decode(errors="replace"),
+                                       err.decode(errors="replace"))
+
+
+# --------------------------------------------------------------------------
+# Certificates (openssl command line)
+# --------------------------------------------------------------------------
+
+@dataclass
+class Cert:
+    """A PEM certificate file and its private key file."""
+    name: str
+    cert: Path
+    key: Path
+
+    @property
+    def der(self) -> bytes:
+        """DER of the first (leaf) certificate in the file, for comparing with
+        ssl.SSLSocket.getpeercert(binary_form=True)."""
+        return pem_to_der(self.cert.read_text())
+
+
+def pem_to_der(pem: str) -> bytes:
+    m = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", pem, re.S)
+    if not m:
+        raise HarnessError("no certificate in PEM text")
+    return ssl.PEM_cert_to_DER_cert(m.group(0))
+
+
+def openssl(*args: str, cwd: Optional[Path] = None) -> str:
+    r = run(["openssl", *args], timeout=30, cwd=str(cwd) if cwd else None)
+    if r.returncode != 0:
+        raise HarnessError(f"openssl {' '.join(args)} failed:\n{r.stderr}")
+    return r.stdout
+
+
+def cert_subject_names(cert_path: Path) -> str:
+    """The subject and SAN text of a certificate, for messages."""
+    return openssl("x509", "-in", str(cert_path), "-noout", "-subject", "-ext", "subjectAltName")
+
+
+_CA_CNF = """\
+[ ca ]
+default_ca = testca
+
+[ testca ]
+dir              = {dir}
+database         = $dir/index.txt
+new_certs_dir    = $dir/newcerts
+serial           = $dir/serial
+default_md       = sha256
+policy           = policy_any
+unique_subject   = no
+copy_extensions  = none
+email_in_dn      = no
+
+[ policy_any ]
+commonName = supplied
+"""
+
+
+class CertFactory:
+    """Makes certificates under `directory` with a throw-away CA.
+
+    Leaves are signed with `openssl ca`, because `openssl x509 -req` in
+    OpenSSL 3.0 cannot set arbitrary validity dates (expired and
+    not-yet-valid certificates need -startdate/-enddate)."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        cadir = self.dir / "ca"
+        (cadir / "newcerts").mkdir(parents=True, exist_ok=True)
+        (cadir / "index.txt").touch()
+        if not (cadir / "serial").exists():
+            (cadir / "serial").write_text("1000\n")
+        (cadir / "ca.cnf").write_text(_CA_CNF.format(dir=cadir))
+        self.ca = Cert("ca", cadir / "ca.crt", cadir / "ca.key")
+        if not self.ca.cert.exists():
+            openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+                    "-keyout", str(self.ca.key), "-out", str(self.ca.cert),
+                    "-days", "3650", "-subj", "/CN=ftpsgate test CA",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+    def _newkey(self, path: Path, key_type: str) -> None:
+        if key_type == "rsa":
+            openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(path))
+        elif key_type == "ec":
+            openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-out", str(path))
+        else:
+            raise HarnessError(f"unknown key type {key_type}")
+        os.chmod(path, 0o600)
+
+    def make(self, name: str, cn: str, dns: Iterable[str] = (), ips: Iterable[str] = (),
+             key_type: str = "rsa", days: int = 825,
+             startdate: Optional[str] = None, enddate: Optional[str] = None,
+             chain: bool = False) -> Cert:
+        """Issue a leaf certificate `name`.crt/.key signed by the CA.
+
+        dns/ips become subjectAltName entries; startdate/enddate are openssl
+        dates (YYYYMMDDHHMMSSZ) that override `days`. chain=True appends the
+        CA certificate after the leaf (leaf first, then chain, as DESIGN.md
+        wants certificate files)."""
+        with self._lock:
+            c = Cert(name, self.dir / f"{name}.crt", self.dir / f"{name}.key")
+            if c.cert.exists() and c.key.exists():
+                return c
+            self._newkey(c.key, key_type)
+            csr = self.dir / f"{name}.csr"
+            openssl("req", "-new", "-key", str(c.key), "-out", str(csr), "-subj", f"/CN={cn}")
+            sans = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips]
+            ext = self.dir / f"{name}.ext"
+            ext.write_text("basicConstraints=critical,CA:FALSE\n"
+                           "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                           "extendedKeyUsage=serverAuth\n"
+                           + (f"subjectAltName={','.join(sans)}\n" if sans else ""))
+            args = ["ca", "-batch", "-notext", "-config", str(self.dir / "ca" / "ca.cnf"),
+                    "-cert", str(self.ca.cert), "-keyfile", str(self.ca.key),
+                    "-in", str(csr), "-out", str(c.cert), "-extfile", str(ext)]
+            if startdate:
+                args += ["-startdate", startdate]
+            if enddate:
+                args += ["-enddate", enddate]
+            if not startdate and not enddate:
+                args += ["-days", str(days)]
+            openssl(*args)
+            if chain:
+                c.cert.write_text(c.cert.read_text() + self.ca.cert.read_text())
+            return c
+
+    # Standard certificates of the test world ------------------------------
+
+    def central(self) -> Cert:
+        """The proxy's central certificate: proxy.test, localhost, 127.0.0.1."""
+        return self.make("central", "proxy.test", dns=["proxy.test", "localhost"],
+                         ips=["127.0.0.1", "::1"])
+
+    def alpha(self) -> Cert:
+        """Site alpha's own certificate: RSA, ftp.alpha.test and *.alpha.test."""
+        return self.make("alpha", "ftp.alpha.test", dns=["ftp.alpha.test", "*.alpha.test"])
+
+    def beta(self) -> Cert:
+        """Site beta's own certificate: ECDSA P-256, ftp.beta.test."""
+        return self.make("beta", "ftp.beta.test", dns=["ftp.beta.test"], key_type="ec")
+
+    def backend_tls(self) -> Cert:
+        """The certificate a TLS-serving vsftpd uses (127.0.0.1, localhost)."""
+        return self.make("vsftpd", "localhost", dns=["localhost"], ips=["127.0.0.1"])
+
+    # Broken certificates (later issues: -t and certificate checks) --------
+
+    def expired(self, host: str = "ftp.alpha.test") -> Cert:
+        return self.make(f"expired-{host}", host, dns=[host],
+                         startdate="20200101000000Z", enddate="20210101000000Z")
+
+    def not_yet_valid(self, host: str = "ftp.alpha.test") -> Cert:
+        return self.make(f"future-{host}", host, dns=[host],
+                         startdate="20400101000000Z", enddate="20410101000000Z")
+
+    def wrong_name(self, host: str = "ftp.alpha.test") -> Cert:
+        """A valid certificate that does NOT cover `host` (it names other.test)."""
+        return self.make(f"wrongname-for-{host}", "other.test", dns=["other.test"])
+
+    def mismatched_key(self, base: str = "alpha") -> Cert:
+        """`base`'s certificate paired with a different, freshly made key."""
+        src = getattr(self, base)()
+        key = self.dir / f"mismatch-{base}.key"
+        with self._lock:
+            if not key.exists():
+                self._newkey(key, "rsa")
+        return Cert(f"mismatch-{base}", src.cert, key)
+
+
+# --------------------------------------------------------------------------
+# vsftpd
+# --------------------------------------------------------------------------
+
+def _ftp_uid_gid() -> tuple[int, int]:
+    try:
+        pw = pwd.getpwnam("ftp")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return os.getuid(), os.getgid()
+
+
+# Per-site content. Sizes differ on purpose: SIZE of a file proves the site.
+SITE_CONTENT = {
+    "alpha": {"files": {"alpha-only.txt": b"alpha only\n",              # 11 bytes
+                        "hello.txt": b"hello from alpha\n",
+                        "alpha-dir/inside-alpha.txt": b"in alpha dir\n"},
+              "dirs": ["alpha-dir"]},
+    "beta": {"files": {"beta-only.txt": b"this file is only on beta\n",  # 26 bytes
+                       "hello.txt": b"hello from the beta site\n",
+                       "beta-dir/inside-beta.txt": b"in beta dir\n"},
+             "dirs": ["beta-dir"]},
+}
+
+
+class Vsftpd:
+    """One real vsftpd on 127.0.0.1 with its own config, port, passive range,
+    root directory and log.
+
+    Anonymous users log in with any password (USER anonymous or ftp); uploads
+    go to /upload. Findings about running vsftpd 3.0.3 (Debian) here, as root
+    in a container:
+      * listen=YES + background=NO keeps it in the foreground as one listener
+        process that forks a process per session. Session processes call
+        setsid(), so stop() kills the listener's descendants by pid
+        (kill_tree), found before the listener dies.
+      * seccomp_sandbox=NO: checked here, with YES plaintext sessions work
+        but every TLS session dies in the handshake (the filter kills the
+        session process on a syscall Debian 12's OpenSSL makes; the client
+        sees "500 OOPS" text where a TLS record should be).
+      * isolate=NO, isolate_network=NO: vsftpd otherwise clones new PID and
+        network namespaces per session (CLONE_NEWPID/CLONE_NEWNET), which
+        needs privileges containers often lack. This machine happens to
+        tolerate YES (vsftpd falls back when clone() fails), others may not.
+      * secure_chroot_dir must exist (else "500 OOPS: vsftpd: not found:
+        directory given in 'secure_chroot_dir'"), root-owned and not
+        writable by others; the package's /var/run/vsftpd/empty lives on a
+        tmpfs that a fresh container may lack, so each instance makes its own.
+      * background=NO is needed to keep the listener as our child (with YES
+        it forks and the parent exits); listen=YES with listen_ipv6=NO is
+        the standalone IPv4 mode on listen_address.
+      * The anonymous root must not be writable by the ftp user (vsftpd
+        refuses a writable chroot root), and the files must be world-readable
+        (anon_world_readable_only); the writable /upload dir belongs to ftp.
+        As root vsftpd chroots into anon_root, then becomes ftp_username
+        (Debian's `ftp` user), so a 0700 parent directory is fine.
+      * When not root, run_as_launching_user=YES is set instead: no chroot,
+        no user switch (not exercised here: scripts/test runs as root).
+      * A writable anon_root is refused at login, checked here: "500 OOPS:
+        vsftpd: refusing to run with writable root inside chroot()".
+      * TLS mode: Debian's vsftpd has no ssl_tlsv1_2 option; ssl_tlsv1=YES
+        enables TLS 1.x including 1.2/1.3 through OpenSSL's generic method.
+        ssl_ciphers=HIGH is set explicitly: upstream's default is
+        DES-CBC3-SHA, which OpenSSL 3 lacks (Debian's build negotiates TLS
+        1.2 and 1.3 without it too, checked). require_ssl_reuse defaults to
+        NO here because Python's ftplib does not resume the control session
+        on data connections (vsftpd would answer 522).
+    """
+
+    def __init__(self, workdir: Path, name: str = "alpha", *, tls: bool = False,
+                 implicit: bool = False, force_tls: bool = True,
+                 cert: Optional[Cert] = None, require_ssl_reuse: bool = False,
+                 pasv_ports: int = 10, files: Optional[dict] = None,
+                 dirs: Optional[list] = None, extra: Optional[dict] = None):
+        self.name = name
+        self.dir = Path(workdir) / f"vsftpd-{name}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.root = self.dir / "root"
+        self.conf_path = self.dir / "vsftpd.conf"
+        self.log_path = self.dir / "vsftpd.log"
+        self.out_path = self.dir / "stderr.log"
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.pasv_min, self.pasv_max = free_port_range(pasv_ports)
+        self.tls = tls
+        self.implicit = implicit
+        self.force_tls = force_tls
+        self.cert = cert
+        self.require_ssl_reuse = require_ssl_reuse
+        content = SITE_CONTENT.get(name, {"files": {f"{name}-only.txt": f"{name}\n".encode()},
+                                          "dirs": []})
+        self.files = dict(content["files"] if files is None else files)
+        self.dirs = list(content["dirs"] if dirs is None else dirs)
+        self.extra = dict(extra or {})
+        self.proc: Optional[subprocess.Popen] = None
+        if tls and cert is None:
+            raise HarnessError("Vsftpd(tls=True) needs cert=")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _make_tree(self) -> None:
+        uid, gid = _ftp_uid_gid()
+        self.root.mkdir(exist_ok=True)
+        os.chmod(self.root, 0o755)
+        for d in self.dirs:
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root / d, 0o755)
+        for rel, data in self.files.items():
+            p = self.root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+            os.chmod(p, 0o644)
+        up = self.root / "upload"
+        up.mkdir(exist_ok=True)
+        os.chmod(up, 0o755)
+        if os.geteuid() == 0:
+            os.chown(up, uid, gid)
+        empty = self.dir / "empty"
+        empty.mkdir(exist_ok=True)
+        os.chmod(empty, 0o755)
+
+    def config(self) -> dict:
+        c = {
+            "listen": "YES",
+            "listen_ipv6": "NO",
+            "listen_address": self.host,
+            "listen_port": str(self.port),
+            "background": "NO",
+            "ftpd_banner": f"vsftpd backend {self.name} ready",
+            "anonymous_enable": "YES",
+            "no_anon_password": "NO",
+            "local_enable": "NO",
+            "anon_root": str(self.root),
+            "write_enable": "YES",
+            "anon_upload_enable": "YES",
+            "anon_mkdir_write_enable": "YES",
+            "anon_other_write_enable": "YES",
+            "anon_umask": "022",
+            "seccomp_sandbox": "NO",
+            "isolate": "NO",
+            "isolate_network": "NO",
+            "secure_chroot_dir": str(self.dir / "empty"),
+            "pasv_enable": "YES",
+            "pasv_min_port": str(self.pasv_min),
+            "pasv_max_port": str(self.pasv_max),
+            "port_enable": "YES",
+            "connect_from_port_20": "NO",
+            "xferlog_enable": "YES",
+            "xferlog_std_format": "NO",
+            "vsftpd_log_file": str(self.log_path),
+            "log_ftp_protocol": "YES",
+            "dual_log_enable": "NO",
+            "syslog_enable": "NO",
+            "delay_failed_login": "0",
+            "max_clients": "0",
+            "max_per_ip": "0",
+            "idle_session_timeout": "120",
+            "data_connection_timeout": "60",
+            "use_localtime": "NO",
+        }
+        if os.geteuid() != 0:
+            c["run_as_launching_user"] = "YES"
+        else:
+            c["ftp_username"] = "ftp"
+            c["nopriv_user"] = "nobody"
+        if self.tls:
+            c.update({
+                "ssl_enable": "YES",
+                "implicit_ssl": "YES" if self.implicit else "NO",
+                "allow_anon_ssl": "YES",
+                "force_anon_logins_ssl": "YES" if self.force_tls else "NO",
+                "force_anon_data_ssl": "YES" if self.force_tls else "NO",
+                "rsa_cert_file": str(self.cert.cert),
+                "rsa_private_key_file": str(self.cert.key),
+                "ssl_tlsv1": "YES",
+                "ssl_sslv2": "NO",
+                "ssl_sslv3": "NO",
+                "ssl_ciphers": "HIGH",
+                "require_ssl_reuse": "YES" if self.require_ssl_reuse else "NO",
+            })
+        c.update(self.extra)
+        return c
+
+    def start(self, timeout: float = T_START) -> "Vsftpd":
+        if self.proc is not None:
+            raise HarnessError(f"vsftpd {self.name} already started")
+        self._make_tree()
+        self.conf_path.write_text("".join(f"{k}={v}\n" for k, v in self.config().items()))
+        if self.log_path.exists():
+            self.log_path.unlink()
+        out = open(self.out_path, "ab")
+        try:
+            self.proc = subprocess.Popen([VSFTPD_BIN, str(self.conf_path)],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                         start_new_session=True)
+        finally:
+            out.close()
+        try:
+            wait_until(lambda: self.proc.poll() is not None or is_listening(self.port),
+                       timeout, what=f"vsftpd {self.name} to listen on {self.port}")
+            if self.proc.poll() is not None:
+                raise HarnessError(f"vsftpd {self.name} exited with {self.proc.returncode}: "
+                                   f"{self.out_path.read_text(errors='replace')}")
+            greeting = self.greet(timeout)
+            if not greeting.startswith("220"):
+                raise HarnessError(f"vsftpd {self.name} greeted with {greeting!r}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def greet(self, timeout: float = T_IO) -> str:
+        """Connect, read the greeting line, disconnect (a 'CONNECT' in the log)."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+            if self.tls and self.implicit:
+                ctx = client_context(verify=False)
+                s = ctx.wrap_socket(s)
+            f = s.makefile("rb")
+            line = f.readline().decode(errors="replace")
+            with contextlib.suppress(OSError):
+                s.sendall(b"QUIT\r\n")
+                f.readline()
+            return line
+
+    def stop(self, timeout: float = T_STOP) -> None:
+        if self.proc is None:
+            return
+        # Session processes would outlive the listener: kill the whole tree.
+        kill_tree(self.proc, timeout)
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # Log inspection -------------------------------------------------------
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def connect_count(self) -> int:
+        """How many control connections vsftpd has logged so far."""
+        return self.log_text().count("CONNECT: Client")
+
+    def commands_since(self, mark: int = 0) -> list[str]:
+        """FTP commands vsftpd received, in order, from the `mark`-th
+        character of its log on (see log_mark())."""
+        return re.findall(r'FTP command: Client "[^"]*", "(.*)"', self.log_text()[mark:])
+
+    def log_mark(self) -> int:
+        return len(self.log_text())
+
+    def connects_since(self, mark: int) -> int:
+        return self.log_text()[mark:].count("CONNECT: Client")
+
+
+# --------------------------------------------------------------------------
+# ftpsgate
+# --------------------------------------------------------------------------
+
+def _fmt_value(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    return str(v)
+
+
+def backend_section(vs: Optional[Vsftpd] = None, hostnames: Iterable[str] = (),
+                    cert: Optional[Cert] = None, address: Optional[str] = None,
+                    **extra) -> dict:
+    """An ordered dict for one [backend:NAME] section."""
+    d = {"hostnames": list(hostnames),
+         "address": address if address is not None else vs.address}
+    if cert is not None:
+        d["certificate"] = str(cert.cert)
+        d["private_key"] = str(cert.key)
+    d.update(extra)
+    return d
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """'127.0.0.1:21' or '[::1]:21' -> (host, port)."""
+    if addr.startswith("["):
+        host, _, port = addr[1:].partition("]:")
+    else:
+        host, _, port = addr.rpartition(":")
+    return host, int(port)
+
+
+class Proxy:
+    """build/ftpsgate run in the foreground with a generated INI.
+
+    `proxy` overrides [proxy] keys (value None removes a key, so its default
+    applies); `ca` (the test CA) becomes ca_file; `backends` maps NAME -> dict of [backend:NAME] keys (see
+    backend_section()); `extra_ini` is appended verbatim (for malformed
+    configs). The listen ports are allocated here unless given."""
+
+    def __init__(self, workdir: Path, central: Cert, backends: dict,
+                 proxy: Optional[dict] = None, implicit: bool = True,
+                 extra_ini: str = "", name: str = "ftpsgate", binary: Path = PROXY_BIN,
+                 ca: Optional[Cert] = None):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+        self.conf_path = self.dir / "ftpsgate.ini"
+        self.log_path = self.dir / "ftpsgate.log"
+        self.binary = Path(binary)
+        pasv_lo, pasv_hi = free_port_range(10)
+        self.opts: dict = {
+            "listen": f"{LOOPBACK}:{free_port()}",
+            "listen_implicit": f"{LOOPBACK}:{free_port()}" if implicit else None,
+            "certificate": str(central.cert),
+            "private_key": str(central.key),
+            # The test CA is private: chains are checked against it.
+            "ca_file": str(ca.cert) if ca else None,
+            "passive_ports": f"{pasv_lo}-{pasv_hi}",
+            "passive_address": LOOPBACK,
+            "route_by_sni": "yes",
+            "require_tls": "yes",
+            "tls_min_version": "1.2",
+            "banner": "ftpsgate test proxy",
+            "login_timeout": "15",
+            "idle_timeout": "60",
+            "data_timeout": "10",
+            "connect_timeout": "3",
+            "shutdown_grace": "2",
+            "log_level": "debug",
+        }
+        for k, v in (proxy or {}).items():
+            self.opts[k] = v
+        self.opts = {k: v for k, v in self.opts.items() if v is not None}
+        self.backends = backends
+        self.extra_ini = extra_ini
+        self.proc: Optional[subprocess.Popen] = None
+        self.stopped_rc: Optional[int] = None
+        self.killed_after_timeout = False
+
+    # Addresses ------------------------------------------------------------
+
+    def _addrs(self, key: str) -> list[tuple[str, int]]:
+        v = self.opts.get(key)
+        if not v:
+            return []
+        vals = v if isinstance(v, (list, tuple)) else [x.strip() for x in str(v).split(",")]
+        return [split_addr(a) for a in vals if a]
+
+    @property
+    def listen(self) -> list[tuple[str, int]]:
+        return self._addrs("listen")
+
+    @property
+    def listen_implicit(self) -> list[tuple[str, int]]:
+        return self._addrs("listen_implicit")
+
+    @property
+    def port(self) -> int:
+        """The first explicit listener's port."""
+        return self.listen[0][1]
+
+    @property
+    def host(self) -> str:
+        return self.listen[0][0]
+
+    @property
+    def implicit_port(self) -> int:
+        return self.listen_implicit[0][1]
+
+    # Config ---------------------------------------------------------------
+
+    def ini_text(self) -> str:
+        out = ["; generated by tests/integration/harness.py", "[proxy]"]
+        out += [f"{k} = {_fmt_value(v)}" for k, v in self.opts.items()]
+        for name, sect in self.backends.items():
+            out += ["", f"[backend:{name}]"]
+            out += [f"{k} = {_fmt_value(v)}" for k, v in sect.items() if v is not None]
+        text = "\n".join(out) + "\n"
+        if self.extra_ini:
+            text += "\n" + self.extra_ini
+        return text
+
+    def write_config(self) -> Path:
+        self.conf_path.write_text(self.ini_text())
+        return self.conf_path
+
+    def check(self, timeout: float = 20) -> subprocess.CompletedProcess:
+        """`ftpsgate -t -c FILE` on this config."""
+        self._need_binary()
+        self.write_config()
+        return run([str(self.binary), "-t", "-c", str(self.conf_path)], timeout=timeout)
+
+    # Lifecycle ------------------------------------------------------------
+
+    def _need_binary(self) -> None:
+        if not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
+            raise HarnessError(f"proxy binary {self.binary} not found: build it first "
+                               f"(meson setup build && meson compile -C build) or set FTPSGATE_BIN")
+
+    def start(self, timeout: float = T_START) -> "Proxy":
+        self._need_binary()
+        self.write_config()
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen([str(self.binary), "-c", str(self.conf_path)],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True)
+        finally:
+            log.close()
+        ports = [p for _, p in self.listen + self.listen_implicit]
+        try:
+            wait_until(lambda: self.proc.poll() is not None or
+                       all(p in _listening_ports() for p in ports),
+                       timeout, what=f"ftpsgate to listen on {ports}")
+        except TimeoutError:
+            self.stop()
+            raise HarnessError(f"ftpsgate did not listen on {ports} within {timeout}s; log:\n"
+                               + self.log_text())
+        if self.proc.poll() is not None:
+            rc = self.proc.returncode
+            self.proc = None
+            raise HarnessError(f"ftpsgate exited with {rc} at start; config:\n{self.ini_text()}\n"
+                               f"log:\n{self.log_text()}")
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = T_STOP) -> Optional[int]:
+        """SIGTERM, then SIGKILL after `timeout`. Returns the exit status
+        (negative: killed by that signal), or None if it was not running."""
+        if self.proc is None:
+            return self.stopped_rc
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.proc, signal.SIGKILL)
+                self.proc.wait(timeout)
+                self.killed_after_timeout = True
+                self.stopped_rc = -signal.SIGKILL
+                self.proc = None
+                return self.stopped_rc
+        self.stopped_rc = self.proc.returncode
+        _kill_group(self.proc, signal.SIGKILL)
+        self.proc = None
+        return self.stopped_rc
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # Inspection -----------------------------------------------------------
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_mark(self) -> int:
+        return len(self.log_text())
+
+    def log_since(self, mark: int) -> str:
+        return self.log_text()[mark:]
+
+    def wait_log(self, pattern: str, mark: int = 0, timeout: float = 5.0) -> re.Match:
+        rx = re.compile(pattern)
+        return wait_until(lambda: rx.search(self.log_text()[mark:]), timeout,
+                          what=f"ftpsgate log to match {pattern!r}")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def sanitizer_reports(self) -> list[str]:
+        """Lines from ASan/UBSan/LSan in the log (sanitizer builds)."""
+        return [l for l in self.log_text().splitlines()
+                if "Sanitizer" in l or "runtime error:" in l]
+
+
+# --------------------------------------------------------------------------
+# Clients: ftplib
+# --------------------------------------------------------------------------
+
+def client_context(ca: Optional[Cert] = None, verify: bool = True,
+                   check_hostname: bool = False, min_version=None, max_version=None,
+                   ciphers: Optional[str] = None) -> ssl.SSLContext:
+    """An SSL client context: verify against the test CA (or not)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify:
+        if ca is None:
+            raise HarnessError("client_context(verify=True) needs ca=")
+        ctx.load_verify_locations(cafile=str(ca.cert))
+        ctx.check_hostname = check_hostname
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    if min_version is not None:
+        ctx.minimum_version = min_version
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+@dataclass
+class Reply:
+    """One FTP reply: numeric code and the whole text (all lines)."""
+    code: int
+    text: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_reply(resp: str) -> Reply:
+    try:
+        return Reply(int(resp[:3]), resp)
+    except ValueError:
+        raise HarnessError(f"not an FTP reply: {resp!r}")
+
+
+class FtpsClient(ftplib.FTP_TLS):
+    """ftplib.FTP_TLS that can connect explicit or implicit, send an SNI of
+    our choosing while connecting to an IP, send raw commands and read raw
+    replies without ftplib raising on 4xx/5xx, and report the peer
+    certificates of the control and data connections.
+
+    ftplib wraps sockets with server_hostname=self.host, so after connecting
+    to 127.0.0.1 we set self.host to the SNI name (None: no SNI at all).
+    With verify=True the chain is checked against the test CA, and the host
+    name only when check_hostname=True.
+    """
+
+    def __init__(self, *, ca: Optional[Cert] = None, verify: bool = True,
+                 check_hostname: bool = False, sni: Optional[str] = None,
+                 implicit: bool = False, timeout: float = T_IO,
+                 context: Optional[ssl.SSLContext] = None, reuse_session: bool = False):
+        if context is None:
+            context = client_context(ca, verify=verify and ca is not None,
+                                     check_hostname=check_hostname and sni is not None)
+        super().__init__(context=context, timeout=timeout)
+        self.sni = sni
+        self.implicit = implicit
+        self.reuse_session = reuse_session
+        self.greeting: Optional[Reply] = None
+        self.data_certs: list[bytes] = []
+        self.data_session_reused: list[bool] = []
+
+    def connect(self, host: str = LOOPBACK, port: int = 0, timeout: float = -999,
+                source_address=None) -> Reply:
+        if timeout != -999:
+            self.timeout = timeout
+        self.host = host
+        self.port = port
+        self.source_address = source_address
+        sys_sock = socket.create_connection((host, port), self.timeout,
+                                            source_address=source_address)
+        self.af = sys_sock.family
+        if self.implicit:
+            sys_sock = self.context.wrap_socket(sys_sock, server_hostname=self.sni)
+        self.sock = sys_sock
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.host = self.sni   # ftplib uses it as server_hostname from now on
+        self.greeting = self.reply()
+        self.welcome = self.greeting.text
+        return self.greeting
+
+    # Raw command/reply ------------------------------------------------------
+
+    def reply(self) -> Reply:
+        """Read one (possibly multi-line) reply; EOFError when closed."""
+        return parse_reply(self.getmultiline())
+
+    def cmd(self, line: str) -> Reply:
+        """Send one command line and return its reply; never raises on codes."""
+        self.putcmd(line)
+        return self.reply()
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes straight onto the control connection (TLS if active)."""
+        self.sock.sendall(data)
+
+    def start_tls(self, mechanism: str = "TLS") -> Reply:
+        """AUTH <mechanism>; on 234, the TLS handshake (with self.sni)."""
+        r = self.cmd(f"AUTH {mechanism}")
+        if r.code == 234:
+            self.sock = self.context.wrap_socket(self.sock, server_hostname=self.sni)
+            self.file = self.sock.makefile(mode="r", encoding=self.encoding)
+        return r
+
+    def host_cmd(self, name: str) -> Reply:
+        return self.cmd(f"HOST {name}")
+
+    def user_pass(self, user: str, password: str = "test@example.org") -> Reply:
+        """USER then (on 331) PASS; returns the last reply. Never raises."""
+        r = self.cmd(f"USER {user}")
+        if r.code == 331:
+            r = self.cmd(f"PASS {password}")
+        return r
+
+    def tls_login(self, user: str, password: str = "test@example.org",
+                  prot_p: bool = False) -> Reply:
+        """AUTH TLS (unless already TLS), USER/PASS, optionally PBSZ 0 + PROT P."""
+        if not isinstance(self.sock, ssl.SSLSocket):
+            r = self.start_tls()
+            if r.code != 234:
+                raise HarnessError(f"AUTH TLS refused: {r}")
+        r = self.user_pass(user, password)
+        if r.code == 230 and prot_p:
+            self.prot_p()
+        return r
+
+    def expect_closed(self, timeout: float = T_IO) -> bytes:
+        """Read until the server closes the connection; returns what came.
+        Raises TimeoutError if it stays open."""
+        self.sock.settimeout(timeout)
+        got = b""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    chunk = self.sock.recv(4096)
+                except socket.timeout:
+                    raise TimeoutError("server kept the connection open")
+                except (ConnectionResetError, ssl.SSLError, OSError):
+                    return got
+                if not chunk:
+                    return got
+                got += chunk
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(self.timeout)
+        raise TimeoutError("server kept the connection open")
+
+    # Certificates ---------------------------------------------------------
+
+    def peer_cert_der(self) -> Optional[bytes]:
+        if isinstance(self.sock, ssl.SSLSocket):
+            return self.sock.getpeercert(binary_form=True)
+        return None
+
+    def tls_version(self) -> Optional[str]:
+        if isinstance(self.sock, ssl.SSLSocket):
+            return self.sock.version()
+        return None
+
+    def ntransfercmd(self, cmd, rest=None):
+        # Same as FTP_TLS.ntransfercmd, plus: optionally resume the control
+        # session on the data connection, and record the data peer cert.
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            session = self.sock.session if self.reuse_session else None
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+            self.data_certs.append(conn.getpeercert(binary_form=True))
+            self.data_session_reused.append(conn.session_reused)
+        return conn, size
+
+    def drop(self) -> None:
+        """Vanish: close the TCP connection with no QUIT and no TLS
+        close_notify. (Closing only self.sock would not close the
+        descriptor while self.file, a makefile() of it, is open.)"""
+        for f in (self.file, self.sock):
+            with contextlib.suppress(Exception):
+                if f is not None:
+                    f.close()
+        self.file = self.sock = None
+
+    def close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+@contextlib.contextmanager
+def ftps(port: int, host: str = LOOPBACK, **kw):
+    """with ftps(port, ca=..., sni=...) as c: ... -- connected FtpsClient,
+    closed at the end whatever happens."""
+    source = kw.pop("source_address", None)
+    c = FtpsClient(**kw)
+    try:
+        c.connect(host, port, source_address=source)
+        yield c
+    finally:
+        c.close_quietly()
+
+
+class PlainControl:
+    """A plaintext control connection on a raw socket (for checks before
+    AUTH TLS and for byte-exact input)."""
+
+    def __init__(self, port: int, host: str = LOOPBACK, timeout: float = T_IO,
+                 source_address=None):
+        self.sock = socket.create_connection((host, port), timeout,
+                                             source_address=source_address)
+        self.buf = b""
+        self.greeting = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.rstrip(b"\r")
+
+    def reply(self) -> Reply:
+        first = self._line().decode(errors="replace")
+        lines = [first]
+        if len(first) >= 4 and first[3] == "-":
+            while True:
+                l = self._line().decode(errors="replace")
+                lines.append(l)
+                if l[:3] == first[:3] and l[3:4] == " ":
+                    break
+        return parse_reply("\n".join(lines))
+
+    def cmd(self, line: str) -> Reply:
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def feat_lines(reply: Reply) -> list[str]:
+    """The feature lines of a 211 FEAT reply, stripped, upper-cased verbs."""
+    out = []
+    for l in reply.lines[1:-1]:
+        l = l.strip()
+        if l:
+            out.append(l)
+    return out
+
+
+def feat_has(reply: Reply, feature: str) -> bool:
+    """True if a FEAT line is `feature` or starts with `feature `."""
+    f = feature.upper()
+    return any(l.upper() == f or l.upper().startswith(f + " ") for l in feat_lines(reply))
+
+
+# --------------------------------------------------------------------------
+# Clients: curl and lftp
+# --------------------------------------------------------------------------
+
+def curl(port: int, path: str = "/", *, user: Optional[str] = None,
+         password: str = "test@example.org", sni: Optional[str] = None,
+         implicit: bool = False, ca: Optional[Cert] = None, head: bool = False,
+         host: str = LOOPBACK, extra: Iterable[str] = (), tls: bool = True,
+         timeout: float = T_CLIENT) -> subprocess.CompletedProcess:
+    """curl against an FTPS server (tls=False: plain FTP). Explicit: ftp:// with --ssl-reqd (curl
+    sends AUTH SSL, then AUTH TLS); implicit: ftps://. sni=NAME connects to
+    `host` while using NAME in the URL (so curl sends it as SNI and checks
+    the certificate for it) through --resolve. head=True is `-I`: SIZE/MDTM,
+    no data connection. With ca=None the certificate is not checked (-k).
+    -v is on: stderr has the dialogue ('> USER ...', '< 230 ...')."""
+    name = sni or (f"[{host}]" if ":" in host else host)
+    url = f"{'ftps' if implicit else 'ftp'}://{name}:{port}{path}"
+    cmd = ["curl", "-sS", "-v", "--max-time", str(int(timeout) - 2 if timeout > 4 else timeout),
+           "--connect-timeout", "5"]
+    if tls and not implicit:
+        cmd.append("--ssl-reqd")
+    if sni:
+        cmd += ["--resolve", f"{sni}:{port}:{host}"]
+    cmd += ["--cacert", str(ca.cert)] if ca else ["-k"]
+    if user is not None:
+        cmd += ["-u", f"{user}:{password}"]
+    if head:
+        cmd.append("-I")
+    cmd += list(extra)
+    cmd.append(url)
+    return run(cmd, timeout=timeout)
+
+
+def curl_sent(r: subprocess.CompletedProcess) -> list[str]:
+    """Commands curl sent, from its -v output ('> CMD')."""
+    return [l[2:].strip() for l in r.stderr.splitlines() if l.startswith("> ")]
+
+
+def curl_replies(r: subprocess.CompletedProcess) -> list[str]:
+    return [l[2:].strip() for l in r.stderr.splitlines() if l.startswith("< ")]
+
+
+def content_length(r: subprocess.CompletedProcess) -> Optional[int]:
+    m = re.search(r"^Content-Length:\s*(\d+)", r.stdout, re.M | re.I)
+    return int(m.group(1)) if m else None
+
+
+def lftp(port: int, commands: Iterable[str], *, user: str, password: str = "test@example.org",
+         host: str = LOOPBACK, implicit: bool = False, ca: Optional[Cert] = None,
+         check_hostname: bool = True, workdir: Optional[Path] = None,
+         settings: Iterable[str] = (), tls: bool = True,
+         timeout: float = T_CLIENT) -> subprocess.CompletedProcess:
+    """lftp with FTPS forced (tls=False: plain FTP, no AUTH at all), one
+    script file, debug output on stderr.
+    Commands run with cmd:fail-exit, so a refused command gives a non-zero
+    exit. `quote SIZE /file` prints the server's reply."""
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    script = [
+        "set cmd:fail-exit yes",
+        "set net:max-retries 1",
+        "set net:timeout 5",
+        "set net:reconnect-interval-base 1",
+        "set net:persist-retries 0",
+        f"set ftp:ssl-allow {'yes' if tls else 'no'}",
+        f"set ftp:ssl-force {'yes' if tls else 'no'}",
+        f"set ftp:ssl-allow-anonymous {'yes' if tls else 'no'}",
+        f"set ftp:ssl-protect-data {'yes' if tls else 'no'}",
+        f"set ftp:ssl-protect-list {'yes' if tls else 'no'}",
+        "set ftp:passive-mode yes",
+        f"set ssl:verify-certificate {'yes' if ca else 'no'}",
+        f"set ssl:check-hostname {'yes' if (ca and check_hostname) else 'no'}",
+    ]
+    if ca:
+        script.append(f"set ssl:ca-file {q(str(ca.cert))}")
+    script += list(settings)
+    h = f"[{host}]" if ":" in host else host
+    script.append(f"open -u {q(user + ',' + password)} {'ftps' if implicit else 'ftp'}://{h}:{port}")
+    script += list(commands)
+    d = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lftp-"))
+    f = d / f"lftp-{os.getpid()}-{_rng.randrange(1 << 30)}.lftp"
+    f.write_text("\n".join(script) + "\n")
+    env = dict(os.environ, HOME=str(d))   # no ~/.lftprc, bookmarks or history
+    return run(["lftp", "-d", "-f", str(f)], timeout=timeout, env=env, cwd=str(d))
+
+
+def lftp_sent(r: subprocess.CompletedProcess) -> list[str]:
+    """Commands lftp sent, from its debug output ('---> CMD')."""
+    return [l.split("---> ", 1)[1].strip() for l in r.stderr.splitlines() if "---> " in l]
+
+
+# --------------------------------------------------------------------------
+# Misc
+# --------------------------------------------------------------------------
+
+def has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            s.bind(("::1", 0))
+        finally:
+            s.close()
+        return True
+    except OSError:
+        return False
+
+
+def client_can_offer_tls11(workdir: Path, certs: CertFactory) -> bool:
+    """Sanity check for the TLS 1.1 test: can our client context negotiate
+    TLS 1.1 at all (Debian's OpenSSL needs @SECLEVEL=0 for that)? Proven
+    against `openssl s_server -tls1_1`, so that 'the proxy refused' cannot
+    pass merely because the client never offered 1.1."""
+    c = certs.central()
+    port = free_port()
+    proc = subprocess.Popen(["openssl", "s_server", "-accept", f"{LOOPBACK}:{port}",
+                             "-cert", str(c.cert), "-key", str(c.key), "-tls1_1",
+                             "-cipher", "DEFAULT:@SECLEVEL=0", "-naccept", "1", "-quiet"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or is_listening(port), T_START,
+                   what="openssl s_server")
+        ctx = tls11_client_context()
+        with socket.create_connection((LOOPBACK, port), T_IO) as s:
+            with ctx.wrap_socket(s) as t:
+                return t.version() == "TLSv1.1"
+    except (OSError, ssl.SSLError):
+        return False
+    finally:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait(T_STOP)
+
+
+def tls11_client_context() -> ssl.SSLContext:
+    """A client that offers at most TLS 1.1 (SECLEVEL=0 so OpenSSL 3 lets it)."""
+    ctx = client_context(verify=False, ciphers="DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # that is the point
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    return ctx
