@@ -62,7 +62,8 @@ void server_session_ended(struct server *srv);
 uint64_t server_next_sid(void);
 
 /* Counts a control connection from addr against max_sessions and
- * max_sessions_per_ip. Returns 0, or a static reason why it is refused. */
+ * max_sessions_per_ip. Returns NULL, or why it is refused as a short static word
+ * (max_sessions, max_sessions_per_ip, shutting_down, out_of_memory). */
 const char *server_admit(struct server *srv, const struct sockaddr *addr);
 void server_leave(struct server *srv, const struct sockaddr *addr);
 /* Counts a session against a backend's max_sessions (0: no cap). */

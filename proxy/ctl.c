@@ -26,6 +26,7 @@
 #include "ftp.h"
 #include "gen.h"
 #include "log.h"
+#include "metrics.h"
 #include "pp.h"
 #include "px.h"
 #include "route.h"
@@ -132,6 +133,18 @@ static const struct cfg *cfg_of(const struct ctl_session *cs) { return cs->gen->
 
 /* ---- lifetime ---- */
 
+static const char *backend_name(const struct ctl_session *cs)
+{
+    return cs->gen->cfg->backends[cs->backend_idx].name;
+}
+
+static void backend_leave(struct ctl_session *cs)
+{
+    server_backend_leave(cs->srv, backend_name(cs));
+    metrics_add(M_BACKEND_SESSIONS_ACTIVE, backend_name(cs), NULL, -1);
+    cs->backend_counted = false;
+}
+
 struct ctl_session *ctl_next(struct ctl_session *cs) { return cs->next; }
 
 static void ctl_free(struct ctl_session *cs)
@@ -145,10 +158,11 @@ static void ctl_free(struct ctl_session *cs)
     if (cs->next != NULL)
         cs->next->prev = cs->prev;
     srv->n_sessions--;
+    metrics_add(M_SESSIONS_ACTIVE, NULL, NULL, -1);
     if (cs->admitted)
         server_leave(srv, (struct sockaddr *)&cs->peer);
     if (cs->backend_counted)
-        server_backend_leave(srv, cfg_of(cs)->backends[cs->backend_idx].name);
+        backend_leave(cs);
     buf_free(&cs->cin);
     buf_free(&cs->cout);
     buf_free(&cs->bin);
@@ -339,6 +353,7 @@ static void on_connect_timeout(uv_timer_t *t)
 
     if (cs->closing)
         return;
+    metrics_add(M_BACKEND_FAILURES, b->name, NULL, 1);
     LOG_ERROR(&cs->lg, "backend_unreachable", "address", b->address.text, "error",
               cs->state == CTL_CONNECTING ? "connect timeout" : "no greeting in time", NULL);
     fail_session(cs, "421 Service not available: the site's server does not answer.",
@@ -376,6 +391,7 @@ static void on_backend_event(struct ep *e, enum ep_event ev, int status)
     case EP_CONNECTED:
         if (status < 0) {
             uv_timer_stop(&cs->ctimer);
+            metrics_add(M_BACKEND_FAILURES, b->name, NULL, 1);
             LOG_ERROR(&cs->lg, "backend_unreachable", "address", b->address.text, "error",
                       uv_strerror(status), NULL);
             fail_session(cs, "421 Service not available: the site's server cannot be reached.",
@@ -425,6 +441,7 @@ static void connect_backend(struct ctl_session *cs)
     cs->state = CTL_CONNECTING;
     rc = ep_connect(&cs->backend, (const struct sockaddr *)&b->address.sa, NULL);
     if (rc != 0) {
+        metrics_add(M_BACKEND_FAILURES, b->name, NULL, 1);
         LOG_ERROR(&cs->lg, "backend_unreachable", "address", b->address.text, "error",
                   uv_strerror(rc), NULL);
         fail_session(cs, "421 Service not available: the site's server cannot be reached.",
@@ -522,19 +539,20 @@ static void on_user(struct ctl_session *cs, const struct ftp_cmd *cmd)
         send_user(cs); /* another try on the same site's connection */
         return;
     }
-    if (cs->backend_counted) {
-        server_backend_leave(cs->srv, cfg->backends[cs->backend_idx].name);
-        cs->backend_counted = false;
-    }
+    if (cs->backend_counted)
+        backend_leave(cs);
     cs->backend_idx = b;
     cs->lg.backend = be->name;
     if (!server_backend_enter(cs->srv, be->name, be->max_sessions)) {
         LOG_WARN(&cs->lg, "refused", "reason", "backend max_sessions reached", NULL);
+        metrics_add(M_CONN_REFUSED, "backend_max_sessions", NULL, 1);
         fail_session(cs, "421 Too many sessions for this site: try again later.",
                      "backend max_sessions");
         return;
     }
     cs->backend_counted = true;
+    metrics_add(M_BACKEND_SESSIONS_ACTIVE, be->name, NULL, 1);
+    metrics_add(M_SESSIONS_TOTAL, be->name, NULL, 1);
     if (cs->backend.open) { /* another site: reconnect once the old one is closed */
         cs->switch_pending = true;
         cs->state = CTL_CONNECTING;
@@ -987,6 +1005,9 @@ static void log_transfer(struct ctl_session *cs, const char *result)
 
     if (cs->xfer != NULL)
         xfer_bytes(cs->xfer, &up, &down);
+    metrics_add(M_TRANSFERS, backend_name(cs), result, 1);
+    metrics_add(M_BYTES, backend_name(cs), "upload", (int64_t)up);
+    metrics_add(M_BYTES, backend_name(cs), "download", (int64_t)down);
     LOG_INFO(&cs->lg, "transfer", "command", cs->xfer_verb, "path",
              cs->xfer_path != NULL ? cs->xfer_path : "", "direction",
              cs->xfer_download ? "download" : "upload", "bytes",
@@ -1027,7 +1048,7 @@ void ctl_xfer_event(struct ctl_session *cs, enum xfer_event ev, const char *reas
         return;
     if (ev == XFER_REFUSED) {
         LOG_WARN(&cs->lg, "data_refused", "reason", reason, NULL);
-        return;
+        return; /* counted by the transfer, which knows the kind */
     }
     if (reason != NULL)
         LOG_INFO(&cs->lg, "data_closed", "reason", reason, NULL);
@@ -1076,6 +1097,7 @@ static void login_failed(struct ctl_session *cs, int code)
 {
     char c[24];
 
+    metrics_add(M_LOGINS_FAILED, backend_name(cs), NULL, 1);
     LOG_INFO(&cs->lg, "login_failed", "reply", log_u64(c, (uint64_t)code), NULL);
 }
 
@@ -1129,6 +1151,7 @@ static void on_reply_line(struct ctl_session *cs, const char *line, size_t len)
             return;
         uv_timer_stop(&cs->ctimer);
         if (cs->rep.code != 220) {
+            metrics_add(M_BACKEND_FAILURES, backend_name(cs), NULL, 1);
             LOG_WARN(&cs->lg, "backend_refused", "greeting", line, NULL);
             fail_session(cs, "421 Service not available: the site's server refused the session.",
                          "backend refused");
@@ -1381,6 +1404,20 @@ static void on_handshake(struct ctl_session *cs)
     }
 }
 
+/* A short, bounded label for a handshake failure: OpenSSL's reason text
+ * ("unsupported protocol" -> unsupported_protocol), or how the client left. */
+static const char *tls_reason(char *err, int status)
+{
+    char *r = strrchr(err, ':');
+
+    if (err[0] == '\0' || r == NULL || r[1] == '\0')
+        return status == UV_EOF ? "client_closed" : "connection_error";
+    for (char *p = ++r; *p != '\0'; p++)
+        if (*p == ' ')
+            *p = '_';
+    return r;
+}
+
 static void on_client_event(struct ep *e, enum ep_event ev, int status)
 {
     struct ctl_session *cs = e->owner;
@@ -1427,6 +1464,7 @@ static void on_client_event(struct ep *e, enum ep_event ev, int status)
             LOG_INFO(&cs->lg, "tls_failed", "error",
                      err[0] != '\0' ? err : status == UV_EOF ? "client closed" : uv_strerror(status),
                      NULL);
+            metrics_add(M_TLS_FAILURES, tls_reason(err, status), NULL, 1);
             ctl_close(cs, "TLS handshake failed");
             return;
         }
@@ -1459,6 +1497,7 @@ static void begin(struct ctl_session *cs)
 
     if (refusal != NULL) {
         LOG_WARN(&cs->lg, "refused", "reason", refusal, NULL);
+        metrics_add(M_CONN_REFUSED, refusal, NULL, 1);
         if (cs->implicit) {
             ctl_close(cs, refusal);
             return;
@@ -1483,6 +1522,7 @@ static void on_proxy_timeout(uv_timer_t *t)
     struct ctl_session *cs = t->data;
 
     LOG_WARN(&cs->lg, "refused", "reason", "no PROXY header within 5 seconds", NULL);
+    metrics_add(M_CONN_REFUSED, "proxy_header_timeout", NULL, 1);
     ctl_close(cs, "no PROXY header");
 }
 
@@ -1504,6 +1544,7 @@ static void proxy_header(struct ctl_session *cs)
     if (rc <= 0) {
         LOG_WARN(&cs->lg, "refused", "reason", "missing or malformed PROXY header", "expected",
                  cfg_proxy_protocol_name(cfg->proxy_protocol), NULL);
+        metrics_add(M_CONN_REFUSED, "proxy_header_invalid", NULL, 1);
         ctl_close(cs, "bad PROXY header");
         return;
     }
@@ -1553,6 +1594,7 @@ void ctl_accept(struct server *srv, uv_stream_t *listener, bool implicit)
         srv->sessions->prev = cs;
     srv->sessions = cs;
     srv->n_sessions++;
+    metrics_add(M_SESSIONS_ACTIVE, NULL, NULL, 1);
     if (ep_init(&cs->client, srv->loop, on_client_event, on_client_closed, cs) != 0) {
         cs->open_handles = 1;
         handle_closed(cs);
@@ -1584,6 +1626,7 @@ void ctl_accept(struct server *srv, uv_stream_t *listener, bool implicit)
     } else if (!trusted_proxy(cs)) {
         LOG_WARN(&cs->lg, "refused", "reason", "PROXY header source not in proxy_protocol_from",
                  NULL);
+        metrics_add(M_CONN_REFUSED, "proxy_source_untrusted", NULL, 1);
         ctl_close(cs, "untrusted PROXY source");
         return;
     } else {

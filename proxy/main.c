@@ -15,6 +15,8 @@
 #include "cfg.h"
 #include "gen.h"
 #include "log.h"
+#include "metrics.h"
+#include "privdrop.h"
 #include "px.h"
 #include "server.h"
 #include "tlsctx.h"
@@ -109,6 +111,11 @@ static void check_certificates(struct gen *g)
     struct certcheck_result res = certcheck_run(g->cfg, time(NULL), false, log_line, NULL);
     char e[24], w[24];
 
+    metrics_set(M_CERT_EXPIRY, "(central)", NULL, (int64_t)certcheck_not_after(g->cfg, -1));
+    for (size_t i = 0; i < g->cfg->n_backends; i++)
+        metrics_set(M_CERT_EXPIRY, g->cfg->backends[i].name, NULL,
+                    (int64_t)certcheck_not_after(g->cfg, (int)i));
+
     if (res.errors > 0 || res.warnings > 0)
         LOG_WARN(NULL, "certificates_checked", "errors", log_u64(e, res.errors), "warnings",
                  log_u64(w, res.warnings), NULL);
@@ -124,10 +131,12 @@ static void reload(struct app *a, const char *why)
     a->errors = 0;
     g = gen_load(a->path, a->next_gen, report_log, a);
     if (g == NULL) {
+        metrics_add(M_RELOADS, "failed", NULL, 1);
         LOG_ERROR(NULL, "reload_failed", "trigger", why, "config", a->path, "msg",
                   "the configuration in force stays", NULL);
         return;
     }
+    metrics_add(M_RELOADS, "ok", NULL, 1);
     a->next_gen++;
     log_setup(g->cfg->log_level, g->cfg->log_format);
     check_certificates(g);
@@ -177,6 +186,7 @@ static void on_idle(struct server *srv)
         uv_close((uv_handle_t *)&a->daily, NULL);
     watch_stop(a->watch);
     a->watch = NULL;
+    metrics_stop();
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -199,6 +209,7 @@ static int run(struct app *a)
 {
     static const int signums[3] = {SIGHUP, SIGTERM, SIGINT};
     uv_loop_t *loop = uv_default_loop();
+    const struct cfg *cfg;
     struct gen *g;
     int rc;
 
@@ -216,6 +227,19 @@ static int run(struct app *a)
     if (rc != 0)
         return 1;
     a->srv.on_idle = on_idle;
+    cfg = a->srv.gen->cfg;
+    if (cfg->has_metrics_listen) {
+        rc = metrics_serve(loop, &cfg->metrics_listen);
+        if (rc != 0) {
+            LOG_ERROR(NULL, "listen_failed", "listen", cfg->metrics_listen.text, "error",
+                      uv_strerror(rc), NULL);
+            return 1;
+        }
+    }
+    /* Every socket is bound: root is not needed any more, and no client
+     * byte has been read yet. */
+    if (privdrop_apply(cfg->user) != 0)
+        return 1;
     for (size_t i = 0; i < 3; i++) {
         uv_signal_init(loop, &a->srv.sigs[i]);
         a->srv.sigs[i].data = a;

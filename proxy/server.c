@@ -50,18 +50,18 @@ const char *server_admit(struct server *srv, const struct sockaddr *addr)
     uint8_t key[16];
 
     if (srv->stopping)
-        return "shutting down";
+        return "shutting_down";
     if (srv->n_sessions > cfg->max_sessions)
-        return "max_sessions reached";
+        return "max_sessions";
     key_of(addr, key);
     slot = ip_slot(srv, key);
     if (*slot == NULL) {
         *slot = calloc(1, sizeof(**slot));
         if (*slot == NULL)
-            return "out of memory";
+            return "out_of_memory";
         memcpy((*slot)->key, key, 16);
     } else if ((*slot)->n >= cfg->max_sessions_per_ip) {
-        return "max_sessions_per_ip reached";
+        return "max_sessions_per_ip";
     }
     (*slot)->n++;
     return NULL;

@@ -24,6 +24,7 @@
 #include "buf.h"
 #include "ep.h"
 #include "log.h"
+#include "metrics.h"
 #include "portpool.h"
 #include "px.h"
 #include "server.h"
@@ -169,9 +170,11 @@ static void end_both(struct xfer *x, const char *reason, bool reset_client)
 static void fail(struct xfer *x, const char *reason) { end_both(x, reason, true); }
 
 /* A data connection that broke a rule: closed plainly (the client then reads
- * an empty transfer and the 522 on the control connection). */
-static void refuse(struct xfer *x, const char *reason)
+ * an empty transfer and the 522 on the control connection). kind: the
+ * metric's label. */
+static void refuse(struct xfer *x, const char *kind, const char *reason)
 {
+    metrics_add(M_DATA_REFUSED, kind, NULL, 1);
     x->refusal = reason;
     report(x, XFER_REFUSED, reason);
     end_both(x, reason, false);
@@ -356,8 +359,9 @@ static void on_handshake(struct xfer *x)
     SSL *ssl = tlsconn_ssl(x->client->tls);
 
     if (x->require_reuse && !SSL_session_reused(ssl)) {
-        refuse(x, "its TLS session does not resume the control connection's (session reuse "
-                  "required)");
+        refuse(x, "session_reuse",
+               "its TLS session does not resume the control connection's (session reuse "
+               "required)");
         return;
     }
     LOG_DEBUG(&x->lg, "data_tls", "version", SSL_get_version(ssl), "resumed",
@@ -423,7 +427,7 @@ static void on_client_event(struct ep *e, enum ep_event ev, int status)
     case EP_ERROR:
     default:
         if (!x->client_ready && x->client->tls != NULL) {
-            refuse(x, "its TLS handshake failed");
+            refuse(x, "tls_handshake", "its TLS handshake failed");
             return;
         }
         fail(x, "the client's data connection failed");
@@ -496,6 +500,7 @@ static void on_data_connection(uv_stream_t *server, int status)
         return;
     }
     if (!same_ip(&peer, &x->allowed) || x->client != NULL) {
+        metrics_add(M_DATA_REFUSED, x->client != NULL ? "second_connection" : "address", NULL, 1);
         log_addr(addr, sizeof(addr), (const struct sockaddr *)&peer);
         LOG_WARN(&x->lg, "data_refused", "reason",
                  x->client != NULL ? "second data connection" : "address differs from the control "
