@@ -20,8 +20,10 @@ struct listener {
     bool closing;
 };
 
-/* Binds and listens. 0 with *out (linked by the caller), or a libuv error. */
-int listener_open(struct server *srv, const struct cfg_addr *addr, bool implicit,
+/* Binds and listens. reuseport: several workers share the address and the
+ * kernel spreads connections over them. 0 with *out (linked by the caller),
+ * or a libuv error. */
+int listener_open(struct server *srv, const struct cfg_addr *addr, bool implicit, bool reuseport,
                   struct listener **out);
 /* Stops accepting and frees the listener once closed. */
 void listener_close(struct listener *l);

@@ -1,11 +1,13 @@
-/* server.h - one worker: an event loop, the generation new sessions use, the
- * listeners, the passive port pool, the sessions and the counters behind
- * max_sessions, max_sessions_per_ip and per-backend max_sessions. */
+/* server.h - one worker: an event loop, the generation new sessions use, its
+ * listeners, its slice of the passive port pool, and its sessions; and the
+ * process-wide counters behind max_sessions, max_sessions_per_ip and
+ * per-backend max_sessions, which all workers share. */
 #ifndef SERVER_H
 #define SERVER_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <uv.h>
@@ -16,8 +18,6 @@ struct gen;
 struct ctl_session;
 struct listener;
 
-#define SERVER_IP_BUCKETS 1024
-
 struct server_count {
     struct server_count *next;
     uint8_t key[16]; /* IPv6 address, or IPv4-mapped */
@@ -27,23 +27,38 @@ struct server_count {
 
 struct server {
     uv_loop_t *loop;
+    unsigned index, count;      /* this is worker index of count */
     struct gen *gen;            /* ref: the generation for new sessions */
-    struct portpool *pool;      /* owned: this worker's passive ports */
+    struct portpool *pool;      /* owned: this worker's slice of the passive ports */
     struct listener *listeners; /* owned list */
     struct ctl_session *sessions; /* running sessions: ctl.c keeps the list */
-    size_t n_sessions;
-    struct server_count *ips[SERVER_IP_BUCKETS];
-    struct server_count *backends;
+    size_t n_sessions;          /* of this worker */
     bool stopping;
-    uv_timer_t grace; /* shutdown_grace */
-    uv_signal_t sigs[3];
+    uv_timer_t grace;           /* shutdown_grace */
     void (*on_idle)(struct server *srv); /* stopping and the last session is gone */
+    void *data;                 /* the owner's */
+
+    /* Requests from another thread, run on this worker's loop. */
+    uv_async_t wake;
+    bool has_wake;
+    pthread_mutex_t mu;
+    struct gen *pending_gen; /* ref: apply this */
+    bool pending_stop;
 };
 
-/* Starts a worker on loop with generation g (a reference is taken): the
- * passive port pool and every listener of g's configuration. Reports each
- * listener that cannot be opened; returns 0 or the first libuv error. */
-int server_start(struct server *srv, uv_loop_t *loop, struct gen *g);
+/* Starts worker index of count on loop with generation g (a reference is
+ * taken): its slice of the passive port range and every listener of g's
+ * configuration (with SO_REUSEPORT when count > 1, so the kernel spreads
+ * connections over the workers). Reports each listener that cannot be
+ * opened; returns 0 or the first libuv error. Call before the loop runs. */
+int server_start(struct server *srv, uv_loop_t *loop, struct gen *g, unsigned index,
+                 unsigned count);
+/* Lets other threads reach the worker (server_post_*); the worker's loop
+ * must not run yet. 0 or a libuv error. */
+int server_enable_wake(struct server *srv);
+/* From another thread: apply g / stop, on the worker's own loop. */
+void server_post_apply(struct server *srv, struct gen *g);
+void server_post_stop(struct server *srv);
 /* Applies a reloaded generation: new sessions use g (running ones keep
  * theirs), listeners g no longer names are closed, new ones opened, those
  * that stay are untouched; a changed passive range gets a new pool, and the
@@ -55,7 +70,9 @@ void server_release_port(struct portpool *pool, uint16_t port);
 /* Stops accepting; sessions get shutdown_grace seconds, then 421. The loop
  * ends once the last session is gone. */
 void server_stop(struct server *srv);
-/* ctl.c tells the worker that a session ended. */
+/* ctl.c tells the worker that a session started and ended (the
+ * process-wide count behind max_sessions follows). */
+void server_session_started(struct server *srv);
 void server_session_ended(struct server *srv);
 
 /* A process-wide unique session id. */

@@ -157,7 +157,6 @@ static void ctl_free(struct ctl_session *cs)
         srv->sessions = cs->next;
     if (cs->next != NULL)
         cs->next->prev = cs->prev;
-    srv->n_sessions--;
     metrics_add(M_SESSIONS_ACTIVE, NULL, NULL, -1);
     if (cs->admitted)
         server_leave(srv, (struct sockaddr *)&cs->peer);
@@ -1593,7 +1592,7 @@ void ctl_accept(struct server *srv, uv_stream_t *listener, bool implicit)
     if (srv->sessions != NULL)
         srv->sessions->prev = cs;
     srv->sessions = cs;
-    srv->n_sessions++;
+    server_session_started(srv);
     metrics_add(M_SESSIONS_ACTIVE, NULL, NULL, 1);
     if (ep_init(&cs->client, srv->loop, on_client_event, on_client_closed, cs) != 0) {
         cs->open_handles = 1;

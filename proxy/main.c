@@ -29,11 +29,15 @@
 
 struct app {
     const char *path;
-    struct server srv;
+    struct server *srv;   /* [n]: worker 0 runs on the main thread's loop */
+    uv_loop_t *loops;     /* [n]: the other workers' loops ([0] unused) */
+    uv_thread_t *threads; /* [n] ([0] unused) */
+    unsigned n;
     uint64_t next_gen;
     unsigned errors;
     struct watch *watch; /* the certificate and key files in force */
     uv_timer_t daily;
+    uv_signal_t sigs[3];
 };
 
 static void watch_files(struct app *a);
@@ -140,8 +144,13 @@ static void reload(struct app *a, const char *why)
     a->next_gen++;
     log_setup(g->cfg->log_level, g->cfg->log_format);
     check_certificates(g);
-    if (server_apply(&a->srv, g) != 0)
+    if (g->cfg->workers != a->n)
+        LOG_WARN(NULL, "reload", "msg", "a new number of workers takes effect at the next start",
+                 NULL);
+    if (server_apply(&a->srv[0], g) != 0)
         LOG_ERROR(NULL, "reload_partial", "msg", "a new listener could not be opened", NULL);
+    for (unsigned i = 1; i < a->n; i++)
+        server_post_apply(&a->srv[i], g);
     LOG_INFO(NULL, "reloaded", "trigger", why, "config", a->path, "generation", log_u64(id, g->id),
              NULL);
     gen_unref(g);
@@ -152,7 +161,7 @@ static void on_files_changed(void *arg) { reload(arg, "certificate files changed
 
 static void watch_files(struct app *a)
 {
-    const struct cfg *cfg = a->srv.gen->cfg;
+    const struct cfg *cfg = a->srv[0].gen->cfg;
     const char *paths[2 + 2 * 64];
     size_t n = 0;
 
@@ -165,23 +174,25 @@ static void watch_files(struct app *a)
         paths[n++] = cfg->backends[i].private_key;
     }
     watch_stop(a->watch);
-    a->watch = watch_start(a->srv.loop, paths, n, WATCH_DEBOUNCE_MS, on_files_changed, a);
+    a->watch = watch_start(a->srv[0].loop, paths, n, WATCH_DEBOUNCE_MS, on_files_changed, a);
 }
 
 static void on_daily(uv_timer_t *t)
 {
     struct app *a = t->data;
 
-    check_certificates(a->srv.gen);
+    check_certificates(a->srv[0].gen);
 }
 
+/* Worker 0 stopped and its last session is gone: the main loop's own handles
+ * close, so that uv_run returns; the other workers end on their own. */
 static void on_idle(struct server *srv)
 {
-    struct app *a = PX_CONTAINER_OF(srv, struct app, srv);
+    struct app *a = srv->data;
 
     for (size_t i = 0; i < 3; i++)
-        if (!uv_is_closing((uv_handle_t *)&srv->sigs[i]))
-            uv_close((uv_handle_t *)&srv->sigs[i], NULL);
+        if (!uv_is_closing((uv_handle_t *)&a->sigs[i]))
+            uv_close((uv_handle_t *)&a->sigs[i], NULL);
     if (!uv_is_closing((uv_handle_t *)&a->daily))
         uv_close((uv_handle_t *)&a->daily, NULL);
     watch_stop(a->watch);
@@ -197,12 +208,49 @@ static void on_signal(uv_signal_t *h, int signum)
         reload(a, "SIGHUP");
         return;
     }
-    if (a->srv.stopping) { /* a second TERM/INT: do not wait */
-        uv_stop(h->loop);
-        return;
+    if (a->srv[0].stopping) { /* a second TERM/INT: do not wait */
+        LOG_INFO(NULL, "stopped", "msg", "second signal: sessions cut", NULL);
+        exit(0);
     }
     LOG_INFO(NULL, "signal", "signal", signum == SIGTERM ? "TERM" : "INT", NULL);
-    server_stop(&a->srv);
+    server_stop(&a->srv[0]);
+    for (unsigned i = 1; i < a->n; i++)
+        server_post_stop(&a->srv[i]);
+}
+
+static void worker_main(void *arg)
+{
+    struct server *srv = arg;
+
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+}
+
+/* Every worker binds its listeners now, while root may still be needed. */
+static int start_workers(struct app *a, struct gen *g)
+{
+    unsigned n = g->cfg->workers;
+    int rc;
+
+    a->srv = calloc(n, sizeof(*a->srv));
+    a->loops = calloc(n, sizeof(*a->loops));
+    a->threads = calloc(n, sizeof(*a->threads));
+    if (a->srv == NULL || a->loops == NULL || a->threads == NULL)
+        return UV_ENOMEM;
+    a->n = n;
+    for (unsigned i = 0; i < n; i++) {
+        uv_loop_t *loop = i == 0 ? uv_default_loop() : &a->loops[i];
+
+        if (i > 0 && uv_loop_init(loop) != 0)
+            return UV_ENOMEM;
+        a->srv[i].data = a;
+        rc = server_start(&a->srv[i], loop, g, i, n);
+        if (rc == 0 && i > 0)
+            rc = server_enable_wake(&a->srv[i]);
+        if (rc != 0)
+            return rc;
+    }
+    a->srv[0].on_idle = on_idle;
+    return 0;
 }
 
 static int run(struct app *a)
@@ -211,6 +259,7 @@ static int run(struct app *a)
     uv_loop_t *loop = uv_default_loop();
     const struct cfg *cfg;
     struct gen *g;
+    char nw[24];
     int rc;
 
     g = gen_load(a->path, 1, report_log, a);
@@ -222,12 +271,11 @@ static int run(struct app *a)
     log_setup(g->cfg->log_level, g->cfg->log_format);
     check_certificates(g);
     signal(SIGPIPE, SIG_IGN);
-    rc = server_start(&a->srv, loop, g);
+    rc = start_workers(a, g);
     gen_unref(g);
     if (rc != 0)
         return 1;
-    a->srv.on_idle = on_idle;
-    cfg = a->srv.gen->cfg;
+    cfg = a->srv[0].gen->cfg;
     if (cfg->has_metrics_listen) {
         rc = metrics_serve(loop, &cfg->metrics_listen);
         if (rc != 0) {
@@ -241,16 +289,25 @@ static int run(struct app *a)
     if (privdrop_apply(cfg->user) != 0)
         return 1;
     for (size_t i = 0; i < 3; i++) {
-        uv_signal_init(loop, &a->srv.sigs[i]);
-        a->srv.sigs[i].data = a;
-        uv_signal_start(&a->srv.sigs[i], on_signal, signums[i]);
+        uv_signal_init(loop, &a->sigs[i]);
+        a->sigs[i].data = a;
+        uv_signal_start(&a->sigs[i], on_signal, signums[i]);
     }
     uv_timer_init(loop, &a->daily);
     a->daily.data = a;
     uv_timer_start(&a->daily, on_daily, DAILY_MS, DAILY_MS);
     watch_files(a);
-    LOG_INFO(NULL, "started", "version", FTPSGATE_VERSION, "config", a->path, NULL);
+    for (unsigned i = 1; i < a->n; i++) {
+        if (uv_thread_create(&a->threads[i], worker_main, &a->srv[i]) != 0) {
+            LOG_ERROR(NULL, "worker_failed", "msg", "cannot start a worker thread", NULL);
+            return 1;
+        }
+    }
+    LOG_INFO(NULL, "started", "version", FTPSGATE_VERSION, "config", a->path, "workers",
+             log_u64(nw, a->n), NULL);
     uv_run(loop, UV_RUN_DEFAULT);
+    for (unsigned i = 1; i < a->n; i++)
+        uv_thread_join(&a->threads[i]);
     LOG_INFO(NULL, "stopped", NULL);
     return 0;
 }

@@ -1,4 +1,6 @@
-/* server.c - one worker's sessions, listeners and limits (see server.h). */
+/* server.c - one worker's sessions and listeners, and the process-wide
+ * limits (see server.h). The counters are shared by every worker thread and
+ * guarded by one mutex: they change once per connection, not per byte. */
 #include "server.h"
 
 #include <stdatomic.h>
@@ -12,7 +14,13 @@
 #include "listener.h"
 #include "log.h"
 
+#define IP_BUCKETS 1024
+
 static atomic_uint_fast64_t sid_counter;
+static atomic_size_t sessions_total; /* control connections, every worker */
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct server_count *ip_counts[IP_BUCKETS];
+static struct server_count *backend_counts;
 
 uint64_t server_next_sid(void) { return (uint64_t)atomic_fetch_add(&sid_counter, 1) + 1; }
 
@@ -30,14 +38,14 @@ static void key_of(const struct sockaddr *sa, uint8_t key[16])
     }
 }
 
-static struct server_count **ip_slot(struct server *srv, const uint8_t key[16])
+static struct server_count **ip_slot(const uint8_t key[16])
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     struct server_count **p;
 
     for (int i = 0; i < 16; i++)
         h = (h ^ key[i]) * 16777619u;
-    p = &srv->ips[h % SERVER_IP_BUCKETS];
+    p = &ip_counts[h % IP_BUCKETS];
     while (*p != NULL && memcmp((*p)->key, key, 16) != 0)
         p = &(*p)->next;
     return p;
@@ -47,24 +55,29 @@ const char *server_admit(struct server *srv, const struct sockaddr *addr)
 {
     const struct cfg *cfg = srv->gen->cfg;
     struct server_count **slot;
+    const char *refusal = NULL;
     uint8_t key[16];
 
     if (srv->stopping)
         return "shutting_down";
-    if (srv->n_sessions > cfg->max_sessions)
+    if (atomic_load(&sessions_total) > cfg->max_sessions)
         return "max_sessions";
     key_of(addr, key);
-    slot = ip_slot(srv, key);
+    pthread_mutex_lock(&count_lock);
+    slot = ip_slot(key);
     if (*slot == NULL) {
         *slot = calloc(1, sizeof(**slot));
         if (*slot == NULL)
-            return "out_of_memory";
-        memcpy((*slot)->key, key, 16);
+            refusal = "out_of_memory";
+        else
+            memcpy((*slot)->key, key, 16);
     } else if ((*slot)->n >= cfg->max_sessions_per_ip) {
-        return "max_sessions_per_ip";
+        refusal = "max_sessions_per_ip";
     }
-    (*slot)->n++;
-    return NULL;
+    if (refusal == NULL)
+        (*slot)->n++;
+    pthread_mutex_unlock(&count_lock);
+    return refusal;
 }
 
 void server_leave(struct server *srv, const struct sockaddr *addr)
@@ -72,20 +85,21 @@ void server_leave(struct server *srv, const struct sockaddr *addr)
     struct server_count **slot, *c;
     uint8_t key[16];
 
+    (void)srv;
     key_of(addr, key);
-    slot = ip_slot(srv, key);
+    pthread_mutex_lock(&count_lock);
+    slot = ip_slot(key);
     c = *slot;
-    if (c == NULL)
-        return;
-    if (--c->n == 0) {
+    if (c != NULL && --c->n == 0) {
         *slot = c->next;
         free(c);
     }
+    pthread_mutex_unlock(&count_lock);
 }
 
-static struct server_count **backend_slot(struct server *srv, const char *name)
+static struct server_count **backend_slot(const char *name)
 {
-    struct server_count **p = &srv->backends;
+    struct server_count **p = &backend_counts;
 
     while (*p != NULL && strcmp((*p)->name, name) != 0)
         p = &(*p)->next;
@@ -94,28 +108,38 @@ static struct server_count **backend_slot(struct server *srv, const char *name)
 
 bool server_backend_enter(struct server *srv, const char *backend, unsigned max)
 {
-    struct server_count **slot = backend_slot(srv, backend);
+    struct server_count **slot;
+    bool ok = true;
 
+    (void)srv;
+    pthread_mutex_lock(&count_lock);
+    slot = backend_slot(backend);
     if (*slot == NULL) {
         *slot = calloc(1, sizeof(**slot));
-        if (*slot == NULL)
-            return false;
-        snprintf((*slot)->name, sizeof((*slot)->name), "%s", backend);
+        if (*slot != NULL)
+            snprintf((*slot)->name, sizeof((*slot)->name), "%s", backend);
     }
-    if (max != 0 && (*slot)->n >= max)
-        return false;
-    (*slot)->n++;
-    return true;
+    if (*slot == NULL || (max != 0 && (*slot)->n >= max))
+        ok = false;
+    else
+        (*slot)->n++;
+    pthread_mutex_unlock(&count_lock);
+    return ok;
 }
 
 void server_backend_leave(struct server *srv, const char *backend)
 {
-    struct server_count **slot = backend_slot(srv, backend), *c = *slot;
+    struct server_count **slot, *c;
 
+    (void)srv;
+    pthread_mutex_lock(&count_lock);
+    slot = backend_slot(backend);
+    c = *slot;
     if (c != NULL && --c->n == 0) {
         *slot = c->next;
         free(c);
     }
+    pthread_mutex_unlock(&count_lock);
 }
 
 /* ---- life ---- */
@@ -148,7 +172,7 @@ static int open_list(struct server *srv, const struct cfg_addr *addrs, size_t n,
     for (size_t i = 0; i < n; i++) {
         if (has_listener(srv, &addrs[i], implicit))
             continue;
-        rc = listener_open(srv, &addrs[i], implicit, &l);
+        rc = listener_open(srv, &addrs[i], implicit, srv->count > 1, &l);
         if (rc != 0) {
             LOG_ERROR(NULL, "listen_failed", "listen", addrs[i].text, "error", uv_strerror(rc),
                       NULL);
@@ -158,17 +182,27 @@ static int open_list(struct server *srv, const struct cfg_addr *addrs, size_t n,
         }
         l->next = srv->listeners;
         srv->listeners = l;
-        LOG_INFO(NULL, "listening", "listen", addrs[i].text, "mode",
-                 implicit ? "implicit" : "explicit", NULL);
+        if (srv->index == 0)
+            LOG_INFO(NULL, "listening", "listen", addrs[i].text, "mode",
+                     implicit ? "implicit" : "explicit", NULL);
     }
     return first;
 }
 
-static struct portpool *new_pool(const struct cfg *cfg)
+/* This worker's slice of the passive range: data connections then come back
+ * to the worker (and loop) that owns the session. */
+static struct portpool *new_pool(const struct server *srv, const struct cfg *cfg)
 {
-    struct portpool *p = calloc(1, sizeof(*p));
+    unsigned size = (unsigned)cfg->passive_max - cfg->passive_min + 1;
+    unsigned per = size / srv->count;
+    unsigned lo = cfg->passive_min + srv->index * per;
+    unsigned hi = srv->index + 1 == srv->count ? cfg->passive_max : lo + per - 1;
+    struct portpool *p;
 
-    if (p != NULL && portpool_init(p, cfg->passive_min, cfg->passive_max) != 0) {
+    if (per == 0)
+        return NULL;
+    p = calloc(1, sizeof(*p));
+    if (p != NULL && portpool_init(p, (uint16_t)lo, (uint16_t)hi) != 0) {
         free(p);
         p = NULL;
     }
@@ -184,16 +218,22 @@ void server_release_port(struct portpool *pool, uint16_t port)
     }
 }
 
-int server_start(struct server *srv, uv_loop_t *loop, struct gen *g)
+int server_start(struct server *srv, uv_loop_t *loop, struct gen *g, unsigned index,
+                 unsigned count)
 {
     const struct cfg *cfg = g->cfg;
     int rc;
 
     srv->loop = loop;
+    srv->index = index;
+    srv->count = count;
     srv->gen = gen_ref(g);
-    srv->pool = new_pool(cfg);
-    if (srv->pool == NULL)
-        return UV_ENOMEM;
+    srv->pool = new_pool(srv, cfg);
+    if (srv->pool == NULL) {
+        LOG_ERROR(NULL, "passive_ports", "msg", "the range is smaller than the number of workers",
+                  NULL);
+        return UV_EINVAL;
+    }
     uv_timer_init(loop, &srv->grace);
     srv->grace.data = srv;
     rc = open_list(srv, cfg->listen, cfg->n_listen, false);
@@ -224,16 +264,17 @@ int server_apply(struct server *srv, struct gen *g)
     rc = open_list(srv, cfg->listen, cfg->n_listen, false);
     if (open_list(srv, cfg->listen_implicit, cfg->n_listen_implicit, true) != 0 && rc == 0)
         rc = -1;
-    if (cfg->passive_min != srv->pool->lo || cfg->passive_max != srv->pool->hi) {
-        pool = new_pool(cfg);
-        if (pool != NULL) {
-            srv->pool->retired = true;
-            if (portpool_in_use(srv->pool) == 0) {
-                portpool_free(srv->pool);
-                free(srv->pool);
-            }
-            srv->pool = pool;
+    pool = new_pool(srv, cfg);
+    if (pool != NULL && pool->lo == srv->pool->lo && pool->hi == srv->pool->hi) {
+        portpool_free(pool); /* the same range: the pool in use stays */
+        free(pool);
+    } else if (pool != NULL) {
+        srv->pool->retired = true;
+        if (portpool_in_use(srv->pool) == 0) {
+            portpool_free(srv->pool);
+            free(srv->pool);
         }
+        srv->pool = pool;
     }
     srv->gen = gen_ref(g);
     gen_unref(old);
@@ -255,6 +296,8 @@ static void maybe_idle(struct server *srv)
         uv_timer_stop(&srv->grace);
         if (!uv_is_closing((uv_handle_t *)&srv->grace))
             uv_close((uv_handle_t *)&srv->grace, NULL);
+        if (srv->has_wake && !uv_is_closing((uv_handle_t *)&srv->wake))
+            uv_close((uv_handle_t *)&srv->wake, NULL);
         if (srv->on_idle != NULL)
             srv->on_idle(srv);
     }
@@ -278,4 +321,68 @@ void server_stop(struct server *srv)
     maybe_idle(srv);
 }
 
-void server_session_ended(struct server *srv) { maybe_idle(srv); }
+void server_session_started(struct server *srv)
+{
+    srv->n_sessions++;
+    atomic_fetch_add(&sessions_total, 1);
+}
+
+void server_session_ended(struct server *srv)
+{
+    srv->n_sessions--;
+    atomic_fetch_sub(&sessions_total, 1);
+    maybe_idle(srv);
+}
+
+/* ---- requests from other threads ---- */
+
+static void on_wake(uv_async_t *h)
+{
+    struct server *srv = h->data;
+    struct gen *g;
+    bool stop;
+
+    pthread_mutex_lock(&srv->mu);
+    g = srv->pending_gen;
+    srv->pending_gen = NULL;
+    stop = srv->pending_stop;
+    pthread_mutex_unlock(&srv->mu);
+    if (g != NULL) {
+        server_apply(srv, g);
+        gen_unref(g);
+    }
+    if (stop)
+        server_stop(srv);
+}
+
+int server_enable_wake(struct server *srv)
+{
+    int rc = uv_async_init(srv->loop, &srv->wake, on_wake);
+
+    if (rc != 0)
+        return rc;
+    srv->wake.data = srv;
+    srv->has_wake = true;
+    pthread_mutex_init(&srv->mu, NULL);
+    return 0;
+}
+
+void server_post_apply(struct server *srv, struct gen *g)
+{
+    struct gen *old;
+
+    pthread_mutex_lock(&srv->mu);
+    old = srv->pending_gen;
+    srv->pending_gen = gen_ref(g);
+    pthread_mutex_unlock(&srv->mu);
+    gen_unref(old);
+    uv_async_send(&srv->wake);
+}
+
+void server_post_stop(struct server *srv)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->pending_stop = true;
+    pthread_mutex_unlock(&srv->mu);
+    uv_async_send(&srv->wake);
+}
