@@ -43,6 +43,12 @@ char *buf_tail(struct buf *b);
 void buf_commit(struct buf *b, size_t n);
 /* Drops n bytes from the front. n <= buf_len(). */
 void buf_consume(struct buf *b, size_t n);
+/* How many bytes buf_append() takes now: the free space, or while pinned
+ * only the room after the held bytes. */
+static inline size_t buf_space(const struct buf *b)
+{
+    return b->pinned > 0 ? b->cap - b->off - b->len : b->cap - b->len;
+}
 /* Appends all n bytes or none: 0, or PX_ENOSPC (no room; while pinned,
  * only the room after the held bytes counts) / PX_ENOMEM. */
 int buf_append(struct buf *b, const void *p, size_t n);

@@ -3,6 +3,7 @@
  * contexts, so that -t reports every file's problems in one pass. */
 #include "certcheck.h"
 
+#include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -17,13 +18,14 @@
 #define LINE_MAX_ 1024
 
 struct cert {
-    const char *file;     /* as configured */
+    const char *file; /* as configured */
     const char *key_file;
-    const char *site;     /* the backend's name; NULL for the central one */
-    char label[96];       /* "central certificate" or "site NAME" */
+    const char *site; /* the backend's name; NULL for the central one */
+    char label[96];   /* "central certificate" or "site NAME" */
+    char hosts[300];  /* " (served for hosts: ...)": ends each of its findings */
     X509 *leaf;
-    STACK_OF(X509) *chain; /* the certificates after the leaf */
-    bool usable;          /* read, parsed, and the key matches */
+    STACK_OF(X509) * chain; /* the certificates after the leaf */
+    bool usable;            /* read, parsed, and the key matches */
 };
 
 struct run {
@@ -65,6 +67,22 @@ static void finding(struct run *r, bool error, const char *fmt, ...)
     r->out(r->arg, true, error, line);
 }
 
+/* A finding about one certificate: "FILE: LABEL: what (served for hosts: ...)". */
+static void cert_finding(struct run *r, const struct cert *c, bool error, const char *file,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void cert_finding(struct run *r, const struct cert *c, bool error, const char *file,
+                         const char *fmt, ...)
+{
+    char what[LINE_MAX_];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    finding(r, error, "%s: %s: %s%s", file, c->label, what, c->hosts);
+}
+
 static const char *ssl_error(char *buf, size_t cap)
 {
     unsigned long e = ERR_peek_last_error();
@@ -86,16 +104,16 @@ static bool read_chain(struct run *r, struct cert *c)
 
     ERR_clear_error();
     if (bio == NULL) {
-        finding(r, true, "%s: %s: cannot read the certificate: %s", c->file, c->label,
-                ssl_error(err, sizeof(err)));
+        cert_finding(r, c, true, c->file, "cannot read the certificate: %s",
+                     ssl_error(err, sizeof(err)));
         return false;
     }
     c->leaf = PEM_read_bio_X509(bio, NULL, NULL, NULL);
     if (c->leaf == NULL) {
-        finding(r, true,
-                "%s: %s: no PEM certificate in the file (%s): it must hold the leaf "
-                "certificate, then its chain, in PEM",
-                c->file, c->label, ssl_error(err, sizeof(err)));
+        cert_finding(r, c, true, c->file,
+                     "no PEM certificate in the file (%s): it must hold the leaf "
+                     "certificate, then its chain, in PEM",
+                     ssl_error(err, sizeof(err)));
         BIO_free(bio);
         return false;
     }
@@ -115,14 +133,14 @@ static bool check_key(struct run *r, struct cert *c)
     bool ok = false;
 
     if (key == NULL) {
-        finding(r, true, "%s: %s: cannot read the private key (PEM): %s", c->key_file,
-                c->label, ssl_error(err, sizeof(err)));
+        cert_finding(r, c, true, c->key_file, "cannot read the private key (PEM): %s",
+                     ssl_error(err, sizeof(err)));
     } else if (X509_check_private_key(c->leaf, key) != 1) {
         ERR_clear_error();
-        finding(r, true,
-                "%s: %s: the private key does not match the certificate %s: install the "
-                "key the certificate was issued for",
-                c->key_file, c->label, c->file);
+        cert_finding(r, c, true, c->key_file,
+                     "the private key does not match the certificate %s: install the "
+                     "key the certificate was issued for",
+                     c->file);
     } else {
         ok = true;
     }
@@ -166,9 +184,11 @@ static void sans_text(X509 *x, char *dst, size_t cap)
 
             kind = "IP";
             if (ASN1_STRING_length(g->d.iPAddress) == 4)
-                snprintf(ip, sizeof(ip), "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
+                inet_ntop(AF_INET, a, ip, sizeof(ip));
+            else if (ASN1_STRING_length(g->d.iPAddress) == 16)
+                inet_ntop(AF_INET6, a, ip, sizeof(ip));
             else
-                snprintf(ip, sizeof(ip), "(IPv6)");
+                snprintf(ip, sizeof(ip), "(malformed)");
             val = ip;
         }
         if (kind != NULL && n < cap)
@@ -211,12 +231,16 @@ static void describe(struct run *r, const struct cert *c)
     say(r, "    subject   %s", subject);
     say(r, "    SANs      %s", sans);
     say(r, "    issuer    %s", issuer);
-    say(r, "    notAfter  %s (%d days left)", after, days_until(X509_get0_notAfter(c->leaf), r->now));
+    say(r, "    notAfter  %s (%d days left)", after,
+        days_until(X509_get0_notAfter(c->leaf), r->now));
 }
 
 /* ---- checking one certificate ---- */
 
-static bool self_signed(X509 *x) { return X509_check_issued(x, x) == X509_V_OK; }
+static bool self_signed(X509 *x)
+{
+    return X509_check_issued(x, x) == X509_V_OK;
+}
 
 static void check_dates(struct run *r, const struct cert *c)
 {
@@ -225,20 +249,31 @@ static void check_dates(struct run *r, const struct cert *c)
 
     if (X509_cmp_time(X509_get0_notBefore(c->leaf), &r->now) > 0) {
         time_text(X509_get0_notBefore(c->leaf), when, sizeof(when));
-        finding(r, true,
-                "%s: %s: not valid yet (notBefore %s): check the clock, or install the "
-                "certificate in force now",
-                c->file, c->label, when);
+        cert_finding(r, c, true, c->file,
+                     "not valid yet (notBefore %s): check the clock, or install the "
+                     "certificate in force now",
+                     when);
     }
     time_text(X509_get0_notAfter(c->leaf), when, sizeof(when));
     if (X509_cmp_time(X509_get0_notAfter(c->leaf), &r->now) < 0)
-        finding(r, true,
-                "%s: %s: expired on %s (%d days ago): renew it (e.g. certbot renew); "
-                "ftpsgate reloads changed files by itself",
-                c->file, c->label, when, -left);
+        cert_finding(r, c, true, c->file,
+                     "expired on %s (%d days ago): renew it (e.g. certbot renew); "
+                     "ftpsgate reloads changed files by itself",
+                     when, -left);
     else if (left < CERTCHECK_WARN_DAYS)
-        finding(r, false, "%s: %s: expires on %s, in %d days: renew it soon", c->file,
-                c->label, when, left);
+        cert_finding(r, c, false, c->file, "expires on %s, in %d days: renew it soon", when, left);
+}
+
+/* The leaf's own dates have their own findings (check_dates): here only the
+ * chain counts, an expired intermediate or CA included. */
+static int leaf_dates_ok(int ok, X509_STORE_CTX *ctx)
+{
+    int err = X509_STORE_CTX_get_error(ctx);
+
+    if (!ok && X509_STORE_CTX_get_error_depth(ctx) == 0 &&
+        (err == X509_V_ERR_CERT_HAS_EXPIRED || err == X509_V_ERR_CERT_NOT_YET_VALID))
+        return 1;
+    return ok;
 }
 
 static void check_chain(struct run *r, const struct cert *c)
@@ -248,10 +283,9 @@ static void check_chain(struct run *r, const struct cert *c)
     int err;
 
     if (self_signed(c->leaf)) {
-        finding(r, false,
-                "%s: %s: self-signed: clients will not trust it unless told to; use a "
-                "certificate from a CA for production",
-                c->file, c->label);
+        cert_finding(r, c, false, c->file,
+                     "self-signed: clients will not trust it unless told to; use a "
+                     "certificate from a CA for production");
         goto out;
     }
     if (store == NULL || ctx == NULL)
@@ -263,14 +297,13 @@ static void check_chain(struct run *r, const struct cert *c)
     }
     X509_STORE_CTX_init(ctx, store, c->leaf, c->chain);
     X509_STORE_CTX_set_time(ctx, 0, r->now);
-    /* Dates have their own findings; here only the chain counts. */
-    X509_STORE_CTX_set_flags(ctx, X509_V_FLAG_NO_CHECK_TIME);
+    X509_STORE_CTX_set_verify_cb(ctx, leaf_dates_ok);
     if (X509_verify_cert(ctx) != 1) {
         err = X509_STORE_CTX_get_error(ctx);
-        finding(r, true,
-                "%s: %s: the chain does not verify: %s: put the intermediate certificates "
-                "after the leaf in the file, or name the issuing CA in ca_file",
-                c->file, c->label, X509_verify_cert_error_string(err));
+        cert_finding(r, c, true, c->file,
+                     "the chain does not verify: %s: put the intermediate certificates "
+                     "after the leaf in the file, or name the issuing CA in ca_file",
+                     X509_verify_cert_error_string(err));
     }
 out:
     ERR_clear_error();
@@ -308,8 +341,7 @@ static bool covers(X509 *x, const char *name)
         snprintf(probe, sizeof(probe), "ftpsgate-probe%s", name + 1);
         name = probe;
     }
-    return X509_check_host(x, name, strlen(name), X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) ==
-           1;
+    return X509_check_host(x, name, strlen(name), X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) == 1;
 }
 
 static void check_hosts(struct run *r, struct cert *certs, bool report)
@@ -337,7 +369,9 @@ static void check_hosts(struct run *r, struct cert *certs, bool report)
             if (report)
                 say(r, "    %s  ->  %s (%s%s)%s", host, c->file, c == central ? "" : "site ",
                     c == central ? "central" : be->name,
-                    c->leaf == NULL ? "" : ok ? ", covered" : ", NOT covered");
+                    c->leaf == NULL ? ""
+                    : ok            ? ", covered"
+                                    : ", NOT covered");
             if (ok || c->leaf == NULL)
                 continue;
             if (c != central)
@@ -355,6 +389,28 @@ static void check_hosts(struct run *r, struct cert *certs, bool report)
     }
 }
 
+/* " (served for hosts: ftp.alpha.test, *.alpha.test)": the host names a
+ * certificate is served for, which end each of its findings. The central
+ * certificate serves clients naming no site and every site without a
+ * certificate of its own. */
+static void make_hosts(char *dst, size_t cap, const struct cfg *cfg, int site)
+{
+    char hosts[256];
+    size_t n = (size_t)snprintf(hosts, sizeof(hosts), "%s", site < 0 ? "no name" : "");
+
+    for (size_t b = 0; b < cfg->n_backends; b++) {
+        const struct cfg_backend *be = &cfg->backends[b];
+        bool served = site < 0 ? be->certificate == NULL : (size_t)site == b;
+
+        for (size_t h = 0; served && h < be->n_hostnames && n < sizeof(hosts); h++)
+            n += (size_t)snprintf(hosts + n, sizeof(hosts) - n, "%s%s", n > 0 ? ", " : "",
+                                  be->hostnames[h]);
+    }
+    if (n >= sizeof(hosts))
+        memcpy(hosts + sizeof(hosts) - 4, "...", 4);
+    snprintf(dst, cap, " (served for hosts: %s)", hosts);
+}
+
 struct certcheck_result certcheck_run(const struct cfg *cfg, time_t now, bool report,
                                       certcheck_line_fn *out, void *arg)
 {
@@ -368,6 +424,7 @@ struct certcheck_result certcheck_run(const struct cfg *cfg, time_t now, bool re
     certs[0].file = cfg->certificate;
     certs[0].key_file = cfg->private_key;
     snprintf(certs[0].label, sizeof(certs[0].label), "central certificate");
+    make_hosts(certs[0].hosts, sizeof(certs[0].hosts), cfg, -1);
     load(&r, &certs[0], report);
     for (size_t b = 0; b < cfg->n_backends; b++) {
         const struct cfg_backend *be = &cfg->backends[b];
@@ -378,6 +435,7 @@ struct certcheck_result certcheck_run(const struct cfg *cfg, time_t now, bool re
         certs[b + 1].key_file = be->private_key;
         certs[b + 1].site = be->name;
         snprintf(certs[b + 1].label, sizeof(certs[b + 1].label), "site %s", be->name);
+        make_hosts(certs[b + 1].hosts, sizeof(certs[b + 1].hosts), cfg, (int)b);
         load(&r, &certs[b + 1], report);
     }
     check_hosts(&r, certs, report);

@@ -543,18 +543,29 @@ static bool is_separator(char ch)
 }
 
 /* cfg_load(): the file must be a readable regular file now. */
+/* A file the configuration names must be a readable regular file; the
+ * report names the site it belongs to. */
 static void check_file(struct parser *p, const char *key, const char *path)
 {
+    const char *site = p->sec == SEC_BACKEND && p->c->n_backends > 0
+                           ? p->c->backends[p->c->n_backends - 1].name
+                           : NULL;
     struct stat st;
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    const char *why = NULL;
 
-    if (fd < 0) {
-        report(p, p->line, key, "cannot read %s: %s", path, strerror(errno));
+    if (fd < 0)
+        why = strerror(errno);
+    else if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        why = "not a regular file";
+    if (fd >= 0)
+        close(fd);
+    if (why == NULL)
         return;
-    }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
-        report(p, p->line, key, "cannot read %s: not a regular file", path);
-    close(fd);
+    if (site != NULL)
+        report(p, p->line, key, "site %s: cannot read %s: %s", site, path, why);
+    else
+        report(p, p->line, key, "cannot read %s: %s", path, why);
 }
 
 /* Stores the non-empty value v of key k into base, or reports why not. */

@@ -1189,7 +1189,7 @@ static void process_replies(struct ctl_session *cs, bool resume)
     int rc;
 
     while (!cs->closing && !cs->closing_after_flush &&
-           CTL_OUT_CAP - buf_len(&cs->cout) >= CTL_OUT_ROOM) {
+           buf_space(&cs->cout) >= CTL_OUT_ROOM) {
         rc = buf_take_line(&cs->bin, FTP_LINE_MAX, &line, &len);
         if (rc == 0)
             break;
@@ -1351,7 +1351,7 @@ static bool input_allowed(const struct ctl_session *cs)
     if (cs->state == CTL_PROXY_HDR || cs->state == CTL_HANDSHAKE || cs->state == CTL_CONNECTING ||
         cs->state == CTL_GREETING)
         return false;
-    if (buf_len(&cs->cout) > CTL_OUT_CAP - CTL_OUT_ROOM)
+    if (buf_space(&cs->cout) < CTL_OUT_ROOM)
         return false; /* the client is not reading its replies */
     if (cs->xfer != NULL && cs->xfer_code != 0)
         return false; /* a held final reply goes first */

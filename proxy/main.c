@@ -204,6 +204,9 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     struct app *a = h->data;
 
+    if (a->n == 0 || a->srv[0].gen == NULL)
+        return; /* still starting: the loop runs only once the workers exist */
+
     if (signum == SIGHUP) {
         reload(a, "SIGHUP");
         return;
@@ -271,6 +274,12 @@ static int run(struct app *a)
     log_setup(g->cfg->log_level, g->cfg->log_format);
     check_certificates(g);
     signal(SIGPIPE, SIG_IGN);
+    /* Signals first: a SIGHUP or SIGTERM during start-up must not kill us. */
+    for (size_t i = 0; i < 3; i++) {
+        uv_signal_init(loop, &a->sigs[i]);
+        a->sigs[i].data = a;
+        uv_signal_start(&a->sigs[i], on_signal, signums[i]);
+    }
     rc = start_workers(a, g);
     gen_unref(g);
     if (rc != 0)
@@ -288,11 +297,6 @@ static int run(struct app *a)
      * byte has been read yet. */
     if (privdrop_apply(cfg->user) != 0)
         return 1;
-    for (size_t i = 0; i < 3; i++) {
-        uv_signal_init(loop, &a->sigs[i]);
-        a->sigs[i].data = a;
-        uv_signal_start(&a->sigs[i], on_signal, signums[i]);
-    }
     uv_timer_init(loop, &a->daily);
     a->daily.data = a;
     uv_timer_start(&a->daily, on_daily, DAILY_MS, DAILY_MS);

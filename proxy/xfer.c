@@ -346,8 +346,7 @@ static void on_backend_event(struct ep *e, enum ep_event ev, int status)
  * TLS is not done and checked. */
 static void client_ready(struct xfer *x)
 {
-    x->client_ready = true;
-    ep_read(x->client);
+    x->client_ready = true; /* the client side reads already (client_connected) */
     if (x->backend.open && !x->backend.closing)
         ep_read(&x->backend);
     ep_flush(x->client);
@@ -446,6 +445,7 @@ static void client_connected(struct xfer *x)
     ep_set_bufs(x->client, &x->up, &x->down);
     start_backend(x);
     if (x->ssl_ctx == NULL) {
+        ep_read(x->client);
         client_ready(x);
         return;
     }
