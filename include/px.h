@@ -29,4 +29,9 @@ _Noreturn void px_assert_fail(const char *expr, const char *file, int line);
 #define PX_ERANGE (-ERANGE)     /* a number outside its range */
 #define PX_ENOENT (-ENOENT)
 
+struct sockaddr;
+/* The 16-byte form of an AF_INET or AF_INET6 address: IPv4 becomes
+ * IPv4-mapped IPv6, so one comparison serves both families. */
+void px_ip16(const struct sockaddr *sa, unsigned char out[16]);
+
 #endif

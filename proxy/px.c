@@ -1,11 +1,25 @@
-/* px.c - the one out-of-line helper of px.h. */
+/* px.c - the out-of-line helpers of px.h. */
 #include "px.h"
 
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 _Noreturn void px_assert_fail(const char *expr, const char *file, int line)
 {
     fprintf(stderr, "ftpsgate: assertion failed: %s (%s:%d)\n", expr, file, line);
     abort();
+}
+
+void px_ip16(const struct sockaddr *sa, unsigned char out[16])
+{
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+    if (sa->sa_family == AF_INET) {
+        memcpy(out, mapped, 12);
+        memcpy(out + 12, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+    } else {
+        memcpy(out, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+    }
 }

@@ -13,6 +13,7 @@
 #include "gen.h"
 #include "listener.h"
 #include "log.h"
+#include "px.h"
 
 #define IP_BUCKETS 1024
 
@@ -25,18 +26,6 @@ static struct server_count *backend_counts;
 uint64_t server_next_sid(void) { return (uint64_t)atomic_fetch_add(&sid_counter, 1) + 1; }
 
 /* ---- counters ---- */
-
-static void key_of(const struct sockaddr *sa, uint8_t key[16])
-{
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-    if (sa->sa_family == AF_INET) {
-        memcpy(key, mapped, 12);
-        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
-    } else {
-        memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
-    }
-}
 
 static struct server_count **ip_slot(const uint8_t key[16])
 {
@@ -62,7 +51,7 @@ const char *server_admit(struct server *srv, const struct sockaddr *addr)
         return "shutting_down";
     if (atomic_load(&sessions_total) > cfg->max_sessions)
         return "max_sessions";
-    key_of(addr, key);
+    px_ip16(addr, key);
     pthread_mutex_lock(&count_lock);
     slot = ip_slot(key);
     if (*slot == NULL) {
@@ -80,20 +69,25 @@ const char *server_admit(struct server *srv, const struct sockaddr *addr)
     return refusal;
 }
 
-void server_leave(struct server *srv, const struct sockaddr *addr)
+/* Counts one session less in *slot, dropping the entry at zero. Locked. */
+static void count_down(struct server_count **slot)
 {
-    struct server_count **slot, *c;
-    uint8_t key[16];
+    struct server_count *c = *slot;
 
-    (void)srv;
-    key_of(addr, key);
-    pthread_mutex_lock(&count_lock);
-    slot = ip_slot(key);
-    c = *slot;
     if (c != NULL && --c->n == 0) {
         *slot = c->next;
         free(c);
     }
+}
+
+void server_leave(struct server *srv, const struct sockaddr *addr)
+{
+    uint8_t key[16];
+
+    (void)srv;
+    px_ip16(addr, key);
+    pthread_mutex_lock(&count_lock);
+    count_down(ip_slot(key));
     pthread_mutex_unlock(&count_lock);
 }
 
@@ -129,16 +123,9 @@ bool server_backend_enter(struct server *srv, const char *backend, unsigned max)
 
 void server_backend_leave(struct server *srv, const char *backend)
 {
-    struct server_count **slot, *c;
-
     (void)srv;
     pthread_mutex_lock(&count_lock);
-    slot = backend_slot(backend);
-    c = *slot;
-    if (c != NULL && --c->n == 0) {
-        *slot = c->next;
-        free(c);
-    }
+    count_down(backend_slot(backend));
     pthread_mutex_unlock(&count_lock);
 }
 

@@ -236,25 +236,12 @@ static void set_port(struct sockaddr_storage *ss, uint16_t port)
         ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
 }
 
-/* The 16-byte form of an address (IPv4 as IPv4-mapped IPv6). */
-static void ip16(const struct sockaddr_storage *ss, uint8_t out[16])
-{
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-    if (ss->ss_family == AF_INET) {
-        memcpy(out, mapped, 12);
-        memcpy(out + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-    } else {
-        memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-    }
-}
-
 static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
     uint8_t x[16], y[16];
 
-    ip16(a, x);
-    ip16(b, y);
+    px_ip16((const struct sockaddr *)a, x);
+    px_ip16((const struct sockaddr *)b, y);
     return memcmp(x, y, 16) == 0;
 }
 
