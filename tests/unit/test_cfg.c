@@ -876,7 +876,8 @@ static void test_load(void **state)
     snprintf(want, sizeof want, "%s:4: ca_file: cannot read %s: not a regular file", ini, sub);
     CHECK_INT(want, strstr(r.text, want) != NULL, 1);
     snprintf(want, sizeof want,
-             "%s:8: private_key: cannot read %s/nokey: No such file or directory", ini, dir);
+             "%s:8: private_key: site a: cannot read %s/nokey: No such file or directory", ini,
+             dir);
     CHECK_INT(want, strstr(r.text, want) != NULL, 1);
 
     /* cfg_parse() opens nothing. */
