@@ -101,6 +101,7 @@ struct ctl_session {
     bool pasv_tried_epsv;
     uint16_t pasv_port;   /* our passive port for the client */
     bool xfer_client_done; /* the transfer's client side is finished */
+    const char *xfer_failure; /* static: why the client side failed, NULL when clean */
     int xfer_code;         /* its final reply code, 0 until it came */
 
     int backend_idx; /* routed backend, -1 */
@@ -803,6 +804,7 @@ static void start_data(struct ctl_session *cs, bool epsv, const struct sockaddr 
     cs->pasv_epsv = epsv;
     cs->pasv_active = to != NULL;
     cs->xfer_client_done = false;
+    cs->xfer_failure = NULL;
     cs->xfer_code = 0;
     if (cs->client.tls != NULL)
         tlsctx_more_tickets(tlsconn_ssl(cs->client.tls));
@@ -984,13 +986,18 @@ static void on_transfer(struct ctl_session *cs, const char *line, size_t len,
         replyf(cs, "522 Data connection refused: %s.", why);
         return;
     }
+    if (cs->xfer_client_done) { /* its data connection failed or never came */
+        replyf(cs, "425 No data connection (%s): send PASV or EPSV again.",
+               cs->xfer_failure != NULL ? cs->xfer_failure : "closed");
+        drop_xfer(cs);
+        return;
+    }
     cs->xfer_download = ctlfsm_is_download(cmd->verb);
     memcpy(cs->xfer_verb, cmd->verb, sizeof(cs->xfer_verb));
     free(cs->xfer_path);
     cs->xfer_path = strndup(cmd->arg, cmd->arg_len);
     cs->xfer_started_ms = uv_now(cs->srv->loop);
     cs->xfer_code = 0;
-    cs->xfer_client_done = false;
     buf_reset(&cs->held);
     send_backend(cs, line, len, WAIT_XFER);
     if (cs->xfer != NULL)
@@ -1024,10 +1031,16 @@ static void finish_transfer(struct ctl_session *cs)
     const char *why = NULL;
     bool refused = xfer_refused(cs->xfer, &why);
 
-    log_transfer(cs, refused ? "refused" : cs->xfer_code < 300 ? "ok" : "failed");
+    /* A backend's 226 says only that the file went into our socket: when the
+     * client's side failed, the client did not get it. */
+    bool cut = !refused && cs->xfer_failure != NULL && cs->xfer_code < 400;
+
+    log_transfer(cs, refused ? "refused" : cs->xfer_code < 300 && !cut ? "ok" : "failed");
     drop_xfer(cs);
     if (refused)
         replyf(cs, "522 Data connection refused: %s.", why);
+    else if (cut)
+        replyf(cs, "426 Transfer aborted: %s.", cs->xfer_failure);
     else
         send_text(cs, buf_head(&cs->held), buf_len(&cs->held));
     buf_reset(&cs->held);
@@ -1052,6 +1065,7 @@ void ctl_xfer_event(struct ctl_session *cs, enum xfer_event ev, const char *reas
     if (reason != NULL)
         LOG_INFO(&cs->lg, "data_closed", "reason", reason, NULL);
     cs->xfer_client_done = true;
+    cs->xfer_failure = reason;
     maybe_finish_transfer(cs);
 }
 

@@ -32,6 +32,7 @@
 #include "tlsctx.h"
 
 #define XFER_BUF (128 * 1024)    /* plaintext per direction */
+#define XFER_LOW (XFER_BUF / 2)  /* a paused side reads again below this */
 #define XFER_TLS_BUF (64 * 1024) /* ciphertext buffers of the client's TLS */
 #define XFER_LINGER_MS 5000      /* waiting for the client to close after our shutdown */
 #define XFER_BIND_TRIES 16
@@ -52,6 +53,7 @@ struct xfer {
     struct ep *client; /* owned; NULL until a data connection is accepted */
     struct ep backend;
     bool backend_started;
+    bool backend_poison; /* connect only to reset: the backend's transfer must fail */
     uv_timer_t timer; /* data_timeout, then the linger after our shutdown */
     struct buf up, down;
 
@@ -88,8 +90,7 @@ static void client_connected(struct xfer *x);
 
 static void xfer_free(struct xfer *x)
 {
-    if (x->port != 0)
-        server_release_port(x->pool, x->port);
+    PX_ASSERT(x->port == 0); /* released with the listener */
     buf_free(&x->up);
     buf_free(&x->down);
     free(x);
@@ -118,11 +119,18 @@ static void on_client_closed(struct ep *e)
 
 static void on_backend_closed(struct ep *e) { handle_closed(e->owner); }
 
+/* The port goes back to the pool as soon as nothing listens on it (uv_close
+ * closes the socket at once): an accepted data connection keeps using it, and
+ * a new listener may share the port with it. */
 static void close_listener(struct xfer *x)
 {
     if (x->listening) {
         x->listening = false;
         uv_close((uv_handle_t *)&x->listener, on_handle_closed);
+    }
+    if (x->port != 0) {
+        server_release_port(x->pool, x->port);
+        x->port = 0;
     }
 }
 
@@ -180,6 +188,19 @@ static void refuse(struct xfer *x, const char *kind, const char *reason)
     end_both(x, reason, false);
 }
 
+static void start_backend(struct xfer *x);
+
+/* No client data connection will come, but the backend waits for ours to
+ * answer the transfer command: connect and reset at once, so that it fails
+ * the transfer now (vsftpd would wait a minute, then say 425). */
+static void poison_backend(struct xfer *x)
+{
+    if (!x->started || !x->backend_known || x->backend_started)
+        return;
+    x->backend_poison = true;
+    start_backend(x);
+}
+
 static void on_timeout(uv_timer_t *t)
 {
     struct xfer *x = t->data;
@@ -188,8 +209,12 @@ static void on_timeout(uv_timer_t *t)
         client_done(x, NULL, false); /* the client did not close after our shutdown */
         return;
     }
-    fail(x, x->client == NULL ? "no data connection within data_timeout"
-                              : "data connection stalled for data_timeout");
+    if (x->client == NULL) {
+        fail(x, "no data connection within data_timeout");
+        poison_backend(x);
+        return;
+    }
+    fail(x, "data connection stalled for data_timeout");
 }
 
 static void arm_timeout(struct xfer *x)
@@ -252,7 +277,8 @@ static void start_backend(struct xfer *x)
     struct sockaddr_storage from = x->backend_local;
     int rc;
 
-    if (x->backend_started || !x->backend_known || x->client == NULL || x->torn_down)
+    if (x->backend_started || !x->backend_known || x->torn_down ||
+        (x->client == NULL && !x->backend_poison))
         return;
     x->backend_started = true;
     rc = ep_init(&x->backend, x->loop, on_backend_event, on_backend_closed, x);
@@ -291,6 +317,10 @@ static void on_backend_event(struct ep *e, enum ep_event ev, int status)
 
     switch (ev) {
     case EP_CONNECTED:
+        if (x->backend_poison) {
+            ep_close(&x->backend, true);
+            return;
+        }
         if (status < 0) {
             fail(x, "the backend's data port refused the connection");
             return;
@@ -306,7 +336,7 @@ static void on_backend_event(struct ep *e, enum ep_event ev, int status)
         return;
     case EP_DRAINED: /* up has room again */
         arm_timeout(x);
-        if (x->client != NULL)
+        if (x->client != NULL && buf_len(&x->up) <= XFER_LOW)
             ep_read(x->client);
         if (x->client_eof && buf_len(&x->up) == 0)
             ep_shutdown(&x->backend);
@@ -379,7 +409,7 @@ static void on_client_event(struct ep *e, enum ep_event ev, int status)
         return;
     case EP_DRAINED: /* down has room again (or a handshake flight went out) */
         arm_timeout(x);
-        if (x->client_ready && x->backend.open)
+        if (x->client_ready && x->backend.open && buf_len(&x->down) <= XFER_LOW)
             ep_read(&x->backend);
         return;
     case EP_EOF:
@@ -583,6 +613,10 @@ void xfer_start(struct xfer *x, bool download)
 
     x->started = true;
     x->download = download;
+    if (x->done && x->client == NULL) { /* the data connection timed out already */
+        poison_backend(x);
+        return;
+    }
     if (!x->active || x->client != NULL)
         return;
     /* Active mode: we connect out to the client, from our control address,
