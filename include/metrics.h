@@ -34,6 +34,12 @@ enum metrics_id {
  * fewer labels). */
 void metrics_add(enum metrics_id id, const char *l1, const char *l2, int64_t d);
 void metrics_set(enum metrics_id id, const char *l1, const char *l2, int64_t v);
+/* Drops every series of id: for gauges that describe the configuration in
+ * force (a site removed by a reload must not keep its series). Only for
+ * metrics that one thread sets, with metrics_set. */
+void metrics_clear(enum metrics_id id);
+/* Frees every series (at exit). */
+void metrics_free(void);
 
 /* The whole text exposition (version 0.0.4) into a malloc'd buffer; NULL
  * when out of memory. */

@@ -65,6 +65,8 @@ void server_post_stop(struct server *srv);
  * old one lives on until its last port returns. Returns 0, or the first
  * error of a listener that could not be opened (the rest still applies). */
 int server_apply(struct server *srv, struct gen *g);
+/* Gives back what a stopped worker holds (its loop has ended). */
+void server_free(struct server *srv);
 /* Returns a passive port to the pool it came from (xfer.c). */
 void server_release_port(struct portpool *pool, uint16_t port);
 /* Stops accepting; sessions get shutdown_grace seconds, then 421. The loop

@@ -115,6 +115,7 @@ static void check_certificates(struct gen *g)
     struct certcheck_result res = certcheck_run(g->cfg, time(NULL), false, log_line, NULL);
     char e[24], w[24];
 
+    metrics_clear(M_CERT_EXPIRY); /* sites a reload removed go */
     metrics_set(M_CERT_EXPIRY, "(central)", NULL, (int64_t)certcheck_not_after(g->cfg, -1));
     for (size_t i = 0; i < g->cfg->n_backends; i++)
         metrics_set(M_CERT_EXPIRY, g->cfg->backends[i].name, NULL,
@@ -256,6 +257,25 @@ static int start_workers(struct app *a, struct gen *g)
     return 0;
 }
 
+/* After the loops ended: everything goes back, so that a leak checker
+ * sees only real leaks. */
+static void finish(struct app *a)
+{
+    for (unsigned i = 0; i < a->n; i++) {
+        uv_loop_t *loop = a->srv[i].loop;
+
+        server_free(&a->srv[i]);
+        uv_run(loop, UV_RUN_NOWAIT); /* close callbacks of the last handles */
+        if (i > 0)
+            uv_loop_close(loop);
+    }
+    uv_loop_close(uv_default_loop());
+    metrics_free();
+    free(a->srv);
+    free(a->loops);
+    free(a->threads);
+}
+
 static int run(struct app *a)
 {
     static const int signums[3] = {SIGHUP, SIGTERM, SIGINT};
@@ -313,6 +333,7 @@ static int run(struct app *a)
     for (unsigned i = 1; i < a->n; i++)
         uv_thread_join(&a->threads[i]);
     LOG_INFO(NULL, "stopped", NULL);
+    finish(a);
     return 0;
 }
 

@@ -106,6 +106,26 @@ void metrics_set(enum metrics_id id, const char *l1, const char *l2, int64_t v)
         atomic_store(&s->v, (long long)v);
 }
 
+void metrics_clear(enum metrics_id id)
+{
+    struct series *s, *next;
+
+    pthread_mutex_lock(&lock);
+    s = families[id].head;
+    families[id].head = NULL;
+    pthread_mutex_unlock(&lock);
+    for (; s != NULL; s = next) {
+        next = s->next;
+        free(s);
+    }
+}
+
+void metrics_free(void)
+{
+    for (size_t i = 0; i < M_COUNT; i++)
+        metrics_clear((enum metrics_id)i);
+}
+
 /* ---- the text format ---- */
 
 struct out {

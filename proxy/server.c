@@ -308,6 +308,19 @@ void server_stop(struct server *srv)
     maybe_idle(srv);
 }
 
+void server_free(struct server *srv)
+{
+    if (srv->pool != NULL) {
+        portpool_free(srv->pool);
+        free(srv->pool);
+        srv->pool = NULL;
+    }
+    gen_unref(srv->gen);
+    srv->gen = NULL;
+    if (srv->has_wake)
+        pthread_mutex_destroy(&srv->mu);
+}
+
 void server_session_started(struct server *srv)
 {
     srv->n_sessions++;

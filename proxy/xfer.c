@@ -18,6 +18,7 @@
  * long); only then is XFER_DONE reported, and the held final reply released. */
 #include "xfer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,7 +41,10 @@
 struct xfer {
     struct ctl_session *cs; /* owner while attached; NULL once detached */
     uv_loop_t *loop;
-    struct log_sess lg; /* a copy: id and client only (the session may go first) */
+    struct log_sess lg; /* a copy pointing at our own copies below: the
+                           session (and its generation) may go first */
+    char site[256];
+    char backend_name[64];
     unsigned open_handles;
     bool detached;
     bool torn_down;
@@ -232,8 +236,10 @@ static struct xfer *xfer_alloc(struct ctl_session *cs, const struct xfer_params 
     x->cs = cs;
     x->loop = p->loop;
     x->lg = *p->lg;
-    x->lg.site = NULL;
-    x->lg.backend = NULL;
+    snprintf(x->site, sizeof(x->site), "%s", p->lg->site != NULL ? p->lg->site : "");
+    snprintf(x->backend_name, sizeof(x->backend_name), "%s", p->lg->backend != NULL ? p->lg->backend : "");
+    x->lg.site = p->lg->site != NULL ? x->site : NULL;
+    x->lg.backend = p->lg->backend != NULL ? x->backend_name : NULL;
     x->pool = p->pool;
     x->ssl_ctx = p->ssl_ctx;
     x->cert_ctx = p->cert_ctx;
