@@ -99,6 +99,7 @@ struct ctl_session {
     bool pasv_epsv;       /* the client asked EPSV: answer 229 */
     bool pasv_active;     /* the passive setup serves PORT/EPRT */
     bool pasv_tried_epsv;
+    bool pasv_failed;     /* the backend opened no passive port for it */
     uint16_t pasv_port;   /* our passive port for the client */
     bool xfer_client_done; /* the transfer's client side is finished */
     const char *xfer_failure; /* static: why the client side failed, NULL when clean */
@@ -778,6 +779,27 @@ static void xfer_params_of(struct ctl_session *cs, struct xfer_params *p)
     p->lg = &cs->lg;
 }
 
+/* The client's answer to PASV/EPSV/PORT/EPRT: given at once, before the
+ * backend named its own passive port (which only the proxy needs), so the
+ * backend's round trip overlaps the client's next steps. */
+static void answer_data_setup(struct ctl_session *cs)
+{
+    char text[128];
+    uint8_t ip[4];
+
+    if (cs->pasv_active) {
+        reply(cs, "200 Active data connection ready: send the transfer command.");
+    } else if (cs->pasv_epsv) {
+        send_text(cs, text, ftp_format_epsv_reply(text, sizeof(text), cs->pasv_port));
+    } else {
+        if (cfg_of(cs)->has_passive_address)
+            memcpy(ip, cfg_of(cs)->passive_address, 4);
+        else
+            v4_of(&cs->local, ip);
+        send_text(cs, text, ftp_format_pasv_reply(text, sizeof(text), ip, cs->pasv_port));
+    }
+}
+
 /* Prepares a data channel (passive, or active towards `to`) and asks the
  * backend for its passive port; the client's reply waits for the backend's. */
 static void start_data(struct ctl_session *cs, bool epsv, const struct sockaddr *to)
@@ -809,8 +831,10 @@ static void start_data(struct ctl_session *cs, bool epsv, const struct sockaddr 
     if (cs->client.tls != NULL)
         tlsctx_more_tickets(tlsconn_ssl(cs->client.tls));
     buf_reset(&cs->held);
+    cs->pasv_failed = false;
     cs->pasv_tried_epsv = !cs->backend_no_epsv;
     send_backend_str(cs, cs->backend_no_epsv ? "PASV" : "EPSV", WAIT_PASV);
+    answer_data_setup(cs);
 }
 
 static bool control_is_v6(const struct ctl_session *cs)
@@ -922,11 +946,11 @@ static bool parse_passive_reply(struct ctl_session *cs, uint16_t *port)
     return false;
 }
 
+/* The backend's answer to our EPSV/PASV. The client was answered already;
+ * commands it sent since wait until this is known. */
 static void pasv_reply(struct ctl_session *cs)
 {
     struct sockaddr_storage data = cs->backend_peer;
-    char text[128];
-    uint8_t ip[4];
     uint16_t port = 0;
     int code = cs->rep.code;
 
@@ -939,9 +963,8 @@ static void pasv_reply(struct ctl_session *cs)
             send_backend_str(cs, "PASV", WAIT_PASV);
             return;
         }
-        drop_xfer(cs);
         LOG_WARN(&cs->lg, "backend_passive_failed", NULL);
-        reply(cs, "425 The site's server did not open a data port.");
+        cs->pasv_failed = true; /* the transfer command gets 425 */
         process_input(cs, true);
         return;
     }
@@ -953,17 +976,6 @@ static void pasv_reply(struct ctl_session *cs)
     else
         ((struct sockaddr_in6 *)&data)->sin6_port = htons(port);
     xfer_set_backend(cs->xfer, (const struct sockaddr *)&data);
-    if (cs->pasv_active) {
-        reply(cs, "200 Active data connection ready: send the transfer command.");
-    } else if (cs->pasv_epsv) {
-        send_text(cs, text, ftp_format_epsv_reply(text, sizeof(text), cs->pasv_port));
-    } else {
-        if (cfg_of(cs)->has_passive_address)
-            memcpy(ip, cfg_of(cs)->passive_address, 4);
-        else
-            v4_of(&cs->local, ip);
-        send_text(cs, text, ftp_format_pasv_reply(text, sizeof(text), ip, cs->pasv_port));
-    }
     process_input(cs, true);
 }
 
@@ -974,6 +986,11 @@ static void on_transfer(struct ctl_session *cs, const char *line, size_t len,
 
     if (cs->xfer == NULL) {
         reply(cs, "425 Use PASV or EPSV first.");
+        return;
+    }
+    if (cs->pasv_failed) {
+        drop_xfer(cs);
+        reply(cs, "425 The site's server did not open a data port.");
         return;
     }
     if (!cs->prot_p && cfg_of(cs)->require_protected_data) {

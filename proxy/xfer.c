@@ -4,11 +4,13 @@
  * for PORT/EPRT); it is accepted only from the control client's address. With
  * PROT P the proxy is its TLS server, with the control connection's
  * certificate, and when require_session_reuse is set it must resume the
- * control connection's session. As soon as the client's connection is there,
- * we connect to the backend's data port (vsftpd only answers the transfer
- * command with 150 once it has accepted, and some clients start TLS only after
- * the 150). Two relays then run: up (client -> backend) and down (backend ->
- * client), each through one bounded buffer.
+ * control connection's session. As soon as the backend named its data port,
+ * we connect to it, before the client's transfer command: vsftpd answers that
+ * command with 150 only once it has accepted a connection, some clients start
+ * TLS only after the 150, and a connection already waiting saves a round
+ * trip. Nothing is read from the backend before the client's side is ready.
+ * Two relays then run: up (client -> backend) and down (backend -> client),
+ * each through one bounded buffer.
  *
  * The end: when the client ends its side (upload done), the backend gets a FIN
  * and the client our close_notify. When the backend ends its side (download
@@ -283,9 +285,10 @@ static void start_backend(struct xfer *x)
     struct sockaddr_storage from = x->backend_local;
     int rc;
 
-    if (x->backend_started || !x->backend_known || x->torn_down ||
-        (x->client == NULL && !x->backend_poison))
+    if (x->backend_started || !x->backend_known || x->torn_down)
         return;
+    if (x->done) /* the client's side is over: connect only to fail the backend's */
+        x->backend_poison = true;
     x->backend_started = true;
     rc = ep_init(&x->backend, x->loop, on_backend_event, on_backend_closed, x);
     if (rc != 0) {
