@@ -39,7 +39,8 @@ enum ep_event {
 typedef void ep_event_fn(struct ep *e, enum ep_event ev, int status);
 typedef void ep_closed_fn(struct ep *e);
 
-#define EP_TLS_HIGH (64 * 1024) /* stop encrypting above this much waiting ciphertext */
+#define EP_TLS_HIGH (512 * 1024) /* stop encrypting above this much waiting ciphertext
+                                    (the buffers, not this, bound control connections) */
 
 struct ep {
     uv_tcp_t tcp; /* embedded; tcp.data = this endpoint */

@@ -34,9 +34,15 @@
 #include "tlsconn.h"
 #include "tlsctx.h"
 
-#define XFER_BUF (128 * 1024)    /* plaintext per direction */
-#define XFER_LOW (XFER_BUF / 2)  /* a paused side reads again below this */
-#define XFER_TLS_BUF (64 * 1024) /* ciphertext buffers of the client's TLS */
+/* Buffer sizes of a running transfer. Measured (scripts/bench, download and
+ * upload through loopback): going from 128 KiB plaintext and 64 KiB TLS
+ * buffers to 1 MiB and 512 KiB cuts the proxy's CPU per GiB by about a
+ * quarter (fewer system calls and wake-ups per byte); twice that gains
+ * nothing more. They are allocated when the transfer uses them and freed when
+ * it ends: idle sessions hold none. */
+#define XFER_BUF (1024 * 1024)    /* plaintext per direction */
+#define XFER_LOW (XFER_BUF / 2)   /* a paused side reads again below this */
+#define XFER_TLS_BUF (512 * 1024) /* ciphertext buffers of the client's TLS */
 #define XFER_LINGER_MS 5000      /* waiting for the client to close after our shutdown */
 #define XFER_BIND_TRIES 16
 
