@@ -130,6 +130,7 @@ static void process_input(struct ctl_session *cs, bool resume);
 static void process_replies(struct ctl_session *cs, bool resume);
 static void connect_backend(struct ctl_session *cs);
 static void proxy_header(struct ctl_session *cs);
+static void log_transfer(struct ctl_session *cs, const char *result);
 
 static const struct cfg *cfg_of(const struct ctl_session *cs) { return cs->gen->cfg; }
 
@@ -206,6 +207,8 @@ static void drop_xfer(struct ctl_session *cs)
 
     if (x == NULL)
         return;
+    if (cs->xfer_path != NULL) /* started and cut short: it still gets its line */
+        log_transfer(cs, "failed");
     cs->xfer = NULL;
     xfer_abort(x);
     xfer_detach(x);
@@ -328,7 +331,11 @@ static void on_timer(uv_timer_t *t)
     if (cs->closing)
         return;
     if (cs->state != CTL_RELAY) {
-        LOG_INFO(&cs->lg, "timeout", "what", "login", NULL);
+        LOG_INFO(&cs->lg, "timeout", "what", cs->handshaking ? "TLS handshake" : "login", NULL);
+        if (cs->handshaking || cs->state == CTL_HANDSHAKE) { /* no channel to say 421 on */
+            ctl_close(cs, "login timeout during the TLS handshake");
+            return;
+        }
         fail_session(cs, "421 Login timeout: closing control connection.", "login timeout");
         return;
     }

@@ -162,3 +162,8 @@ def proxy_log_on_failure(request, proxy):
     yield proxy
     if _failed(request):
         print(f"\n--- ftpsgate log (this test) ---\n{proxy.log_since(mark)[-8000:]}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: the bounded soak test (SOAK_SECONDS, default "
+                                       "120); leave it out with -m 'not soak'")

@@ -769,6 +769,10 @@ class Proxy:
         self.proc: Optional[subprocess.Popen] = None
         self.stopped_rc: Optional[int] = None
         self.killed_after_timeout = False
+        # Set before start(): a command prefix (e.g. valgrind) and a
+        # RLIMIT_NOFILE for the proxy process (e.g. 2,000 sessions).
+        self.wrapper: list[str] = []
+        self.nofile: Optional[int] = None
 
     # Addresses ------------------------------------------------------------
 
@@ -835,9 +839,11 @@ class Proxy:
         self.write_config()
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen([str(self.binary), "-c", str(self.conf_path)],
+            cmd = [*self.wrapper, str(self.binary), "-c", str(self.conf_path)]
+            self.proc = subprocess.Popen(cmd,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=self._set_nofile if self.nofile else None)
         finally:
             log.close()
         ports = [p for _, p in self.listen + self.listen_implicit]
@@ -855,6 +861,10 @@ class Proxy:
             raise HarnessError(f"ftpsgate exited with {rc} at start; config:\n{self.ini_text()}\n"
                                f"log:\n{self.log_text()}")
         return self
+
+    def _set_nofile(self) -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     @property
     def pid(self) -> int:
