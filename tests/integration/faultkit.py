@@ -135,10 +135,7 @@ def login(p: h.Proxy, certs, user: str = USER, password: str = PW, *, prot_p: bo
         r = c.tls_login(user, password)
         assert r.code == 230, f"login as {user}: {r}"
         if prot_p:
-            assert c.cmd("PBSZ 0").code == 200
-            r = c.cmd("PROT P")
-            assert r.code == 200, r
-            c._prot_p = True
+            c.protect()
     except BaseException:
         c.close_quietly()
         raise
@@ -147,16 +144,7 @@ def login(p: h.Proxy, certs, user: str = USER, password: str = PW, *, prot_p: bo
 
 def retr(c: ftplib.FTP, path: str) -> tuple[str, int, str]:
     """(sha256, bytes, final reply) of a download."""
-    hs = hashlib.sha256()
-    n = 0
-
-    def cb(b):
-        nonlocal n
-        hs.update(b)
-        n += len(b)
-
-    resp = c.retrbinary(f"RETR {path}", cb, blocksize=BLOCK)
-    return hs.hexdigest(), n, resp
+    return h.retr_sha(c, path, blocksize=BLOCK)
 
 
 def stor(c: ftplib.FTP, path: str, data: bytes) -> str:

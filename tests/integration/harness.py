@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ftplib
+import hashlib
 import os
 import pwd
 import random
@@ -452,7 +453,26 @@ SITE_CONTENT = {
 }
 
 
-class Vsftpd:
+class _Process:
+    """What a server this harness starts shares: with-blocks start and stop
+    it, and its log file reads as text (empty before it exists)."""
+
+    log_path: Path
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class Vsftpd(_Process):
     """One real vsftpd on 127.0.0.1 with its own config, port, passive range,
     root directory and log.
 
@@ -660,19 +680,7 @@ class Vsftpd:
         kill_tree(self.proc, timeout)
         self.proc = None
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
     # Log inspection -------------------------------------------------------
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def connect_count(self) -> int:
         """How many control connections vsftpd has logged so far."""
@@ -724,7 +732,7 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class Proxy:
+class Proxy(_Process):
     """build/ftpsgate run in the foreground with a generated INI.
 
     `proxy` overrides [proxy] keys (value None removes a key, so its default
@@ -898,19 +906,7 @@ class Proxy:
         self.proc = None
         return self.stopped_rc
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
     # Inspection -----------------------------------------------------------
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def log_mark(self) -> int:
         return len(self.log_text())
@@ -1059,6 +1055,13 @@ class FtpsClient(ftplib.FTP_TLS):
             r = self.cmd(f"PASS {password}")
         return r
 
+    def protect(self) -> None:
+        """PBSZ 0 and PROT P: data connections in TLS from now on."""
+        assert self.cmd("PBSZ 0").code == 200
+        r = self.cmd("PROT P")
+        assert r.code == 200, r
+        self._prot_p = True
+
     def tls_login(self, user: str, password: str = "test@example.org",
                   prot_p: bool = False) -> Reply:
         """AUTH TLS (unless already TLS), USER/PASS, optionally PBSZ 0 + PROT P."""
@@ -1129,6 +1132,21 @@ class FtpsClient(ftplib.FTP_TLS):
     def close_quietly(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def retr_sha(c: ftplib.FTP, path: str, rest: Optional[int] = None,
+             blocksize: int = 1 << 16) -> tuple[str, int, str]:
+    """RETR through ftplib, hashing on the fly: (sha256, bytes, final reply)."""
+    hs = hashlib.sha256()
+    n = 0
+
+    def cb(b):
+        nonlocal n
+        hs.update(b)
+        n += len(b)
+
+    resp = c.retrbinary(f"RETR {path}", cb, blocksize=blocksize, rest=rest)
+    return hs.hexdigest(), n, resp
 
 
 @contextlib.contextmanager

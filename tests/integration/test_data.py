@@ -231,10 +231,7 @@ def login(p: h.Proxy, certs, user: str = USER, *, prot_p: bool = True,
         r = c.tls_login(user, PW)
         assert r.code == 230, r
         if prot_p:
-            assert c.cmd("PBSZ 0").code == 200
-            r = c.cmd("PROT P")
-            assert r.code == 200, r
-            c._prot_p = True
+            c.protect()
     except BaseException:
         c.close_quietly()
         raise
@@ -243,16 +240,7 @@ def login(p: h.Proxy, certs, user: str = USER, *, prot_p: bool = True,
 
 def retr(c: ftplib.FTP, path: str, rest: Optional[int] = None) -> tuple[str, int, str]:
     """RETR through ftplib, hashing on the fly: (sha256, bytes, final reply)."""
-    hs = hashlib.sha256()
-    n = 0
-
-    def cb(b):
-        nonlocal n
-        hs.update(b)
-        n += len(b)
-
-    resp = c.retrbinary(f"RETR {path}", cb, blocksize=BLOCK, rest=rest)
-    return hs.hexdigest(), n, resp
+    return h.retr_sha(c, path, rest, blocksize=BLOCK)
 
 
 def stor(c: ftplib.FTP, path: str, data, cmd: str = "STOR") -> str:

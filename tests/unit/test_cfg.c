@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,15 +20,6 @@
 
 #include "cfg.h"
 #include "px.h"
-
-#define CHECK_INT(name, got, want)                                                                 \
-    do {                                                                                           \
-        long got_ = (long)(got), want_ = (long)(want);                                             \
-        if (got_ != want_) {                                                                       \
-            print_message("case \"%s\": %s is %ld, want %ld\n", (name), #got, got_, want_);        \
-            fail();                                                                                \
-        }                                                                                          \
-    } while (0)
 
 #define CHECK_STR(name, got, want)                                                                 \
     do {                                                                                           \

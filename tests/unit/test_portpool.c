@@ -6,17 +6,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include "portpool.h"
 #include "px.h"
-
-#define CHECK_INT(name, got, want)                                                                 \
-    do {                                                                                           \
-        long got_ = (long)(got), want_ = (long)(want);                                             \
-        if (got_ != want_) {                                                                       \
-            print_message("case \"%s\": %s is %ld, want %ld\n", (name), #got, got_, want_);        \
-            fail();                                                                                \
-        }                                                                                          \
-    } while (0)
 
 static void test_init(void **state)
 {

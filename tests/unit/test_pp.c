@@ -8,21 +8,14 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
 
 #include "pp.h"
 #include "px.h"
-
-#define CHECK_INT(name, got, want)                                                                 \
-    do {                                                                                           \
-        long got_ = (long)(got), want_ = (long)(want);                                             \
-        if (got_ != want_) {                                                                       \
-            print_message("case \"%s\": %s is %ld, want %ld\n", (name), #got, got_, want_);        \
-            fail();                                                                                \
-        }                                                                                          \
-    } while (0)
 
 /* A literal with its length, so that NULs count. */
 #define LIT(s) (const uint8_t *)(s), sizeof(s) - 1

@@ -6,20 +6,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include <string.h>
 
 #include "cfg.h"
 #include "px.h"
 #include "route.h"
-
-#define CHECK_INT(name, got, want)                                                                 \
-    do {                                                                                           \
-        long got_ = (long)(got), want_ = (long)(want);                                             \
-        if (got_ != want_) {                                                                       \
-            print_message("case \"%s\": %s is %ld, want %ld\n", (name), #got, got_, want_);        \
-            fail();                                                                                \
-        }                                                                                          \
-    } while (0)
 
 enum { ALPHA = 0, BETA, GAMMA };
 
