@@ -2,7 +2,7 @@
 #
 #   docker build -t ftpsgate .                       # or: buildah bud --format docker -t ftpsgate .
 #   docker run -d --name ftpsgate \
-#       -p 21:2121 -p 990:2990 -p 50000-50099:50000-50099 \
+#       -p 21:2121 -p 990:2990 -p 61000-61099:61000-61099 \
 #       -v /srv/ftpsgate:/etc/ftpsgate:ro ftpsgate
 #
 # Two stages: the program is built with meson on Debian, then copied into a
@@ -12,7 +12,7 @@
 # debootstrap (scripts/container-test does that): --build-arg BASE=...
 #
 # No root at all: ftpsgate runs as uid/gid 10001 ("ftpsgate") and binds high
-# ports (2121 explicit FTPS, 2990 implicit FTPS, 50000-50099 passive, 9120
+# ports (2121 explicit FTPS, 2990 implicit FTPS, 61000-61099 passive, 9120
 # metrics). Publish them as 21/990 on the host (-p 21:2121 -p 990:2990, or a
 # Kubernetes Service port/targetPort); the passive range must be published
 # 1:1 (same numbers outside and inside), because the port number travels in
@@ -25,7 +25,8 @@
 # the INI and the certificates. Files must be readable by uid 10001.
 # Stopping: SIGTERM lets running sessions finish for shutdown_grace seconds
 # (30 by default), so give the runtime at least that much: docker stop -t 40,
-# Kubernetes terminationGracePeriodSeconds: 40.
+# Kubernetes terminationGracePeriodSeconds: 45 (config/k8s waits 10 s in
+# preStop first).
 
 ARG BASE=debian:bookworm-slim
 
@@ -68,7 +69,7 @@ RUN chmod 0755 /usr/local/bin/ftpsgate /usr/local/bin/ftpsgate-healthcheck \
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 WORKDIR /
-EXPOSE 2121 2990 50000-50099 9120
+EXPOSE 2121 2990 61000-61099 9120
 
 # Liveness: bash's /dev/tcp, nothing else to install. With metrics_listen
 # set it asks GET /metrics for a 200; otherwise it expects the 220 greeting

@@ -54,6 +54,7 @@ struct ep {
     uv_shutdown_t sreq;
     uv_connect_t creq;
     size_t inflight;     /* plaintext bytes of wbuf on the wire */
+    size_t offered;      /* room given to the last socket read */
     uint64_t rx;         /* plaintext bytes delivered into rbuf so far */
     bool open;           /* tcp initialised and not yet closed */
     bool reading;        /* uv_read_start in effect */
@@ -63,7 +64,6 @@ struct ep {
     bool shut_started;   /* uv_shutdown issued */
     bool eof;            /* the peer's side ended */
     bool closing;
-    bool discard;        /* drop whatever is read (lingering close) */
 };
 
 /* Initialises the TCP handle on loop. 0 or a libuv error (nothing to close). */
@@ -71,9 +71,18 @@ int ep_init(struct ep *e, uv_loop_t *loop, ep_event_fn *on_event, ep_closed_fn *
             void *owner);
 /* Accepts a pending connection of server into e (after ep_init). */
 int ep_accept(struct ep *e, uv_stream_t *server);
+/* Adopts fd, a connected TCP socket (a warm or freshly greeted backend
+ * connection, greet.h), after ep_init. 0, or a libuv error and the caller
+ * still owns fd. */
+int ep_open(struct ep *e, int fd);
 /* Connects to `to`, from `from` when not NULL (port 0 there: any). EP_CONNECTED
  * follows exactly once when 0 is returned. */
 int ep_connect(struct ep *e, const struct sockaddr *to, const struct sockaddr *from);
+
+/* Hands the endpoint to a new owner (the listener's PROXY-header stage
+ * passes its connection on to the session): later events and the close go
+ * to these. */
+void ep_set_owner(struct ep *e, ep_event_fn *on_event, ep_closed_fn *on_closed, void *owner);
 
 /* Sets the buffers (either may be NULL while unused). */
 void ep_set_bufs(struct ep *e, struct buf *rbuf, struct buf *wbuf);
@@ -95,14 +104,15 @@ size_t ep_pending(const struct ep *e);
 /* Once everything queued is written: close_notify (TLS), then FIN.
  * EP_SHUTDOWN follows. */
 void ep_shutdown(struct ep *e);
-/* Reads on but throws the bytes away (waiting for the peer to close). */
-void ep_discard(struct ep *e);
 /* Closes the socket (idempotent). A TLS alert or close_notify still waiting
  * is tried once without blocking. reset: send RST instead of FIN. on_closed
  * follows once the handle is closed; the tlsconn is freed then. */
 void ep_close(struct ep *e, bool reset);
 
-/* "ip:port" of the local or remote side into dst (at least 56 bytes). */
+/* The local (peer false) or remote address of the socket into *ss. 0 or a
+ * libuv error. */
 int ep_sockname(const struct ep *e, struct sockaddr_storage *ss, bool peer);
+
+const char *ep_event_name(enum ep_event ev);
 
 #endif

@@ -122,4 +122,41 @@ int ftp_check_host_arg(const char *arg, size_t len);
  * the feature name is the first word). */
 bool ftp_feat_drop(const char *line, size_t len);
 
+/* One line of the backend's reply to PASV (code 227) or EPSV (229), as it
+ * came: a leading "ddd " or "ddd-" is skipped. Returns 0 with *port set from
+ * the address the line names, or PX_EINVAL (another code, or no address in
+ * this line). The address itself is never used: only the port. */
+int ftp_passive_line(int code, const char *line, size_t len, uint16_t *port);
+
+/* Merging the backend's FEAT reply with the proxy's own features, one line
+ * at a time (line_no counts from 1; last: this line ends the reply). */
+enum ftp_feat_step {
+    FTP_FEAT_RELAY = 0,  /* pass the line on as it came */
+    FTP_FEAT_DROP,       /* a feature the proxy owns (ftp_feat_drop): leave it out */
+    FTP_FEAT_OURS_FIRST, /* the closing line: the proxy's features, then this line */
+    FTP_FEAT_OURS_ONLY,  /* a one-line reply (no list, or an error): the proxy's
+                            whole list, head and end included, instead */
+};
+enum ftp_feat_step ftp_feat_step(unsigned line_no, bool last, const char *line, size_t len);
+
+#define FTP_FEAT_HEAD 1u /* "211-Features:" first */
+#define FTP_FEAT_EPRT 2u /* active mode is allowed */
+#define FTP_FEAT_UTF8 4u /* the pre-login list: UTF8 too */
+#define FTP_FEAT_END 8u  /* "211 End" last */
+/* The proxy's feature lines (" AUTH TLS", " PBSZ", " PROT", " HOST", " EPSV",
+ * " PASV", then " EPRT" and " UTF8" as flags say), each with CRLF. Returns
+ * the length written (NUL-terminated), or 0 when cap is too small. */
+size_t ftp_feat_own(char *dst, size_t cap, unsigned flags);
+
+/* A ClientHello's ALPN list (RFC 7301: protocol names of 1..255 bytes, each
+ * after its length byte). Returns 1 with *at set to the offset of "ftp"'s
+ * name when the list offers it, 0 when it does not, PX_EINVAL when the list
+ * is malformed (empty, a zero length, or a name running past its end). */
+int ftp_alpn_select(const uint8_t *list, size_t len, size_t *at);
+
+/* True when a command line starts with an HTTP method (GET, POST, HEAD, PUT,
+ * OPTIONS, CONNECT, TRACE, PATCH) and a space: a browser talking to the FTP
+ * port, as in the ALPACA cross-protocol attacks. */
+bool ftp_is_http_request(const char *line, size_t len);
+
 #endif

@@ -3,9 +3,9 @@
  *
  * Every metric has up to two labels. A series is created the first time a
  * label value is seen (label values come from the configuration or from a
- * fixed set of reasons, so their number stays small) and lives as long as
- * the process. Updates are atomic; hot paths update once per transfer or
- * session, never per byte. */
+ * fixed set of reasons); each load creates the ones it knows at 0, and drops
+ * those of a removed backend. Series are found by hash, under one mutex:
+ * hot paths update once per transfer or session, never per byte. */
 #ifndef METRICS_H
 #define METRICS_H
 
@@ -24,9 +24,16 @@ enum metrics_id {
     M_TLS_FAILURES,            /* counter {reason} */
     M_BACKEND_FAILURES,        /* counter {backend} */
     M_DATA_REFUSED,            /* counter {reason} */
+    M_DATA_MATCHED,            /* counter: shared-port data connections given to their session */
     M_CONN_REFUSED,            /* counter {reason} */
     M_RELOADS,                 /* counter {result} */
     M_CERT_EXPIRY,             /* gauge {site} */
+    M_SITES_DEGRADED,          /* gauge: sites served (partly) with the central certificate */
+    M_SITE_DEGRADED,           /* gauge {site}: 1 when degraded */
+    M_BANS_ACTIVE,             /* gauge: client addresses banned now */
+    M_BANS_TOTAL,              /* counter: bans since start */
+    M_BACKEND_UP,              /* gauge {backend, address}: 1 in the rotation, 0 out */
+    M_BACKEND_ADDR_SESSIONS,   /* gauge {backend, address}: sessions on that address */
     M_COUNT,
 };
 
@@ -34,10 +41,11 @@ enum metrics_id {
  * fewer labels). */
 void metrics_add(enum metrics_id id, const char *l1, const char *l2, int64_t d);
 void metrics_set(enum metrics_id id, const char *l1, const char *l2, int64_t v);
-/* Drops every series of id: for gauges that describe the configuration in
- * force (a site removed by a reload must not keep its series). Only for
- * metrics that one thread sets, with metrics_set. */
-void metrics_clear(enum metrics_id id);
+/* Drops every series whose first label (backend or site) is name: a
+ * backend removed by a reload. */
+void metrics_drop(const char *name);
+/* Drops the one series of id with labels l1, l2 (an address removed). */
+void metrics_drop_series(enum metrics_id id, const char *l1, const char *l2);
 /* Frees every series (at exit). */
 void metrics_free(void);
 

@@ -8,13 +8,19 @@
 
 struct cfg;
 
+#define ROUTE_NAME_MAX 253 /* the longest DNS name */
+
 /* pattern: a configured host name, lower-case, either "a.b.c" or "*.b.c"
- * where '*' stands for exactly one label. name: as the client wrote it (any
- * case, one trailing dot allowed). Case-insensitive. */
+ * where '*' stands for exactly one DNS label (letters, digits, hyphen). name:
+ * as the client wrote it (any case, one trailing dot allowed).
+ * Case-insensitive. */
 bool route_host_match(const char *pattern, const char *name, size_t len);
 
-/* Index of the backend one of whose hostnames matches name, or -1. An exact
- * name wins over a wildcard. */
+/* The backend one of whose hostnames matches name, and which of its
+ * hostnames (an exact name wins over a wildcard): true with *backend and
+ * *host set, or false. O(1): cfg->hostmap. */
+bool route_lookup(const struct cfg *cfg, const char *name, size_t len, int *backend, int *host);
+/* The backend alone, or -1. */
 int route_find(const struct cfg *cfg, const char *name, size_t len);
 
 enum route_status {

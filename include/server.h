@@ -1,42 +1,37 @@
 /* server.h - one worker: an event loop, the generation new sessions use, its
- * listeners, its slice of the passive port pool, and its sessions; and the
- * process-wide counters behind max_sessions, max_sessions_per_ip and
- * per-backend max_sessions, which all workers share. */
+ * listeners, its slice of the passive port pool, and its sessions. The
+ * process-wide limits live in quota.h. */
 #ifndef SERVER_H
 #define SERVER_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
-#include <pthread.h>
 #include <stdint.h>
-#include <sys/socket.h>
 #include <uv.h>
 
-#include "portpool.h"
+#include "ctl.h"
 
 struct gen;
-struct ctl_session;
 struct listener;
-
-struct server_count {
-    struct server_count *next;
-    uint8_t key[16]; /* IPv6 address, or IPv4-mapped */
-    char name[64];   /* backend name (per-backend table) */
-    unsigned n;
-};
+struct server_sess;
 
 struct server {
     uv_loop_t *loop;
-    unsigned index, count;      /* this is worker index of count */
-    struct gen *gen;            /* ref: the generation for new sessions */
-    struct portpool *pool;      /* owned: this worker's slice of the passive ports */
-    struct listener *listeners; /* owned list */
-    struct ctl_session *sessions; /* running sessions: ctl.c keeps the list */
-    size_t n_sessions;          /* of this worker */
+    unsigned index, count;        /* this is worker index of count */
+    struct gen *gen;              /* ref: the generation for new sessions */
+    struct ctl_env env;           /* lent to the sessions; env.pool is owned: this
+                                     worker's slice of the passive ports */
+    struct listener *listeners;   /* owned list */
+    struct server_sess *sessions; /* owned list: one node per running session */
+    size_t n_sessions;
     bool stopping;
-    uv_timer_t grace;           /* shutdown_grace */
+    uv_timer_t grace;             /* shutdown_grace */
+    uv_timer_t trim;              /* gives back pooled buffers left unused (env.bufs,
+                                     owned: freed by server_free) */
+    bool has_trim;
     void (*on_idle)(struct server *srv); /* stopping and the last session is gone */
-    void *data;                 /* the owner's */
+    void *data;                   /* the owner's */
 
     /* Requests from another thread, run on this worker's loop. */
     uv_async_t wake;
@@ -67,26 +62,8 @@ void server_post_stop(struct server *srv);
 int server_apply(struct server *srv, struct gen *g);
 /* Gives back what a stopped worker holds (its loop has ended). */
 void server_free(struct server *srv);
-/* Returns a passive port to the pool it came from (xfer.c). */
-void server_release_port(struct portpool *pool, uint16_t port);
 /* Stops accepting; sessions get shutdown_grace seconds, then 421. The loop
  * ends once the last session is gone. */
 void server_stop(struct server *srv);
-/* ctl.c tells the worker that a session started and ended (the
- * process-wide count behind max_sessions follows). */
-void server_session_started(struct server *srv);
-void server_session_ended(struct server *srv);
-
-/* A process-wide unique session id. */
-uint64_t server_next_sid(void);
-
-/* Counts a control connection from addr against max_sessions and
- * max_sessions_per_ip. Returns NULL, or why it is refused as a short static word
- * (max_sessions, max_sessions_per_ip, shutting_down, out_of_memory). */
-const char *server_admit(struct server *srv, const struct sockaddr *addr);
-void server_leave(struct server *srv, const struct sockaddr *addr);
-/* Counts a session against a backend's max_sessions (0: no cap). */
-bool server_backend_enter(struct server *srv, const char *backend, unsigned max);
-void server_backend_leave(struct server *srv, const char *backend);
 
 #endif

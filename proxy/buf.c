@@ -9,20 +9,89 @@
 
 #include "px.h"
 
+static char *get(const struct buf *b, size_t cap)
+{
+    return b->alloc != NULL ? b->alloc->get(b->alloc->arg, cap) : malloc(cap);
+}
+
+static void put(const struct buf *b, char *p, size_t cap)
+{
+    if (p == NULL)
+        return;
+    if (b->alloc != NULL)
+        b->alloc->put(b->alloc->arg, p, cap);
+    else
+        free(p);
+}
+
 void buf_init(struct buf *b, size_t cap)
 {
     PX_ASSERT(cap > 0);
+    b->alloc = NULL;
     b->data = NULL;
     b->cap = cap;
+    b->max = cap;
+    b->grow_wanted = false;
     b->off = 0;
     b->len = 0;
     b->discarding = false;
     b->pinned = 0;
 }
 
+void buf_set_max(struct buf *b, size_t max)
+{
+    PX_ASSERT(max >= b->cap);
+    b->max = max;
+}
+
+void buf_set_alloc(struct buf *b, const struct buf_alloc *a)
+{
+    PX_ASSERT(b->data == NULL);
+    b->alloc = a;
+}
+
+int buf_resize(struct buf *b, size_t cap)
+{
+    char *p;
+
+    PX_ASSERT(cap > 0 && cap >= b->len);
+    if (b->data == NULL || cap == b->cap) {
+        b->cap = cap;
+        return 0;
+    }
+    if (b->pinned > 0)
+        return PX_EBUSY;
+    p = get(b, cap);
+    if (p == NULL)
+        return PX_ENOMEM;
+    memcpy(p, b->data + b->off, b->len);
+    put(b, b->data, b->cap);
+    b->data = p;
+    b->cap = cap;
+    b->off = 0;
+    return 0;
+}
+
+int buf_grow(struct buf *b)
+{
+    size_t cap;
+    int rc;
+
+    if (b->cap >= b->max)
+        return PX_ENOSPC;
+    if (b->pinned > 0) {
+        b->grow_wanted = true;
+        return PX_EBUSY;
+    }
+    b->grow_wanted = false; /* tried once: a failed allocation is not retried */
+    cap = b->cap > b->max / BUF_GROWTH ? b->max : b->cap * BUF_GROWTH;
+    rc = buf_resize(b, cap);
+    return rc;
+}
+
 void buf_free(struct buf *b)
 {
-    free(b->data);
+    put(b, b->data, b->cap);
     b->data = NULL;
     b->off = 0;
     b->len = 0;
@@ -33,7 +102,7 @@ void buf_shrink(struct buf *b)
 {
     if (b->len > 0)
         return;
-    free(b->data);
+    put(b, b->data, b->cap);
     b->data = NULL;
     b->off = 0;
 }
@@ -59,7 +128,7 @@ static void make_room(struct buf *b, size_t want)
 size_t buf_room(struct buf *b)
 {
     if (b->data == NULL) {
-        b->data = malloc(b->cap);
+        b->data = get(b, b->cap);
         if (b->data == NULL)
             return 0;
     }
@@ -86,6 +155,10 @@ void buf_consume(struct buf *b, size_t n)
     b->len -= n;
     /* An empty buffer starts over at the front: no compaction needed later. */
     b->off = b->len == 0 ? 0 : b->off + n;
+    /* A growth asked for while a write pointed into the bytes: the write
+     * is over when its bytes are consumed. */
+    if (b->grow_wanted && b->pinned == 0)
+        (void)buf_grow(b);
 }
 
 int buf_append(struct buf *b, const void *p, size_t n)

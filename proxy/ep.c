@@ -15,9 +15,6 @@
 
 #define EP_TLS_RECORD 16384 /* plaintext per SSL_write: one full record */
 
-/* Lingering closes read into this and drop it. One per thread (workers). */
-static _Thread_local char discard_space[16384];
-
 static void flush_tls(struct ep *e);
 static void pump_tls(struct ep *e);
 
@@ -63,6 +60,15 @@ int ep_accept(struct ep *e, uv_stream_t *server)
     return rc;
 }
 
+int ep_open(struct ep *e, int fd)
+{
+    int rc = uv_tcp_open(&e->tcp, fd);
+
+    if (rc == 0)
+        uv_tcp_nodelay(&e->tcp, 1);
+    return rc;
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     struct ep *e = req->handle->data;
@@ -84,6 +90,13 @@ int ep_connect(struct ep *e, const struct sockaddr *to, const struct sockaddr *f
             return rc;
     }
     return uv_tcp_connect(&e->creq, &e->tcp, to, on_connect);
+}
+
+void ep_set_owner(struct ep *e, ep_event_fn *on_event, ep_closed_fn *on_closed_cb, void *owner)
+{
+    e->on_event = on_event;
+    e->on_closed = on_closed_cb;
+    e->owner = owner;
 }
 
 void ep_set_bufs(struct ep *e, struct buf *rbuf, struct buf *wbuf)
@@ -109,12 +122,17 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
     size_t room;
 
     (void)suggested;
-    if (e->discard) {
-        *out = uv_buf_init(discard_space, sizeof(discard_space));
-        return;
-    }
     room = b != NULL ? buf_room(b) : 0;
+    e->offered = room;
     *out = uv_buf_init(room > 0 ? buf_tail(b) : NULL, (unsigned)room);
+}
+
+/* A read that filled all the room offered: the stream keeps the buffer
+ * full, so an elastic one grows (buf_set_max; fixed ones stay as they are). */
+static void grow_if_filled(struct ep *e, struct buf *b, size_t nread)
+{
+    if (nread == e->offered)
+        (void)buf_grow(b);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
@@ -136,7 +154,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     if (nread == UV_EOF) {
         stop_reading(e);
         e->eof = true;
-        if (e->tls != NULL && !e->discard) {
+        if (e->tls != NULL) {
             tlsconn_set_eof(e->tls);
             pump_tls(e);
         } else {
@@ -144,14 +162,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
         }
         return;
     }
-    if (e->discard)
-        return;
     if (e->tls != NULL) {
         buf_commit(tlsconn_inbuf(e->tls), (size_t)nread);
+        grow_if_filled(e, tlsconn_inbuf(e->tls), (size_t)nread);
         pump_tls(e);
         return;
     }
     buf_commit(e->rbuf, (size_t)nread);
+    grow_if_filled(e, e->rbuf, (size_t)nread);
     e->rx += (size_t)nread;
     emit(e, EP_READ, 0);
 }
@@ -194,9 +212,13 @@ static void pump_tls(struct ep *e)
             stop_reading(e);
             return;
         }
-        rc = 0;
+        /* Nothing to decrypt: rbuf is not touched, so that an idle
+         * connection holds no buffer. */
+        rc = tlsconn_has_input(t) ? 0 : TLSCONN_AGAIN;
         got = 0;
-        while (rc == 0 && buf_room(e->rbuf) > 0) {
+        /* A full rbuf grows when it is elastic (buf_grow: 0 once more room
+         * is there, or will be when storage comes). */
+        while (rc == 0 && (buf_room(e->rbuf) > 0 || buf_grow(e->rbuf) == 0)) {
             rc = tlsconn_read(t, buf_tail(e->rbuf), buf_room(e->rbuf), &n);
             if (rc == 0) {
                 buf_commit(e->rbuf, n);
@@ -239,8 +261,8 @@ void ep_read(struct ep *e)
             pump_tls(e);
         return;
     }
-    if (e->discard || (e->rbuf != NULL && buf_room(e->rbuf) > 0))
-        start_reading(e);
+    if (e->rbuf != NULL && buf_has_room(e->rbuf))
+        start_reading(e); /* storage comes with the first bytes (on_alloc) */
 }
 
 void ep_pause(struct ep *e)
@@ -248,13 +270,6 @@ void ep_pause(struct ep *e)
     e->want_read = false;
     if (e->tls == NULL || tlsconn_handshake_done(e->tls))
         stop_reading(e);
-}
-
-void ep_discard(struct ep *e)
-{
-    e->discard = true;
-    e->want_read = true;
-    start_reading(e);
 }
 
 /* ---- writing ---- */
@@ -377,8 +392,7 @@ static void maybe_shutdown(struct ep *e)
 
     if (!e->want_shutdown || e->shut_started || e->writing || ep_pending(e) > 0)
         return;
-    if (e->tls != NULL && tlsconn_handshake_done(e->tls) &&
-        !(SSL_get_shutdown(tlsconn_ssl(e->tls)) & SSL_SENT_SHUTDOWN)) {
+    if (e->tls != NULL && tlsconn_handshake_done(e->tls) && !tlsconn_shutdown_sent(e->tls)) {
         if (tlsconn_shutdown(e->tls) == 0 && tlsconn_out_pending(e->tls) > 0) {
             flush_tls(e);
             return;
@@ -445,4 +459,15 @@ int ep_sockname(const struct ep *e, struct sockaddr_storage *ss, bool peer)
     if (peer)
         return uv_tcp_getpeername(&e->tcp, (struct sockaddr *)ss, &len);
     return uv_tcp_getsockname(&e->tcp, (struct sockaddr *)ss, &len);
+}
+
+const char *ep_event_name(enum ep_event ev)
+{
+    static const char *const names[] = {
+        [EP_CONNECTED] = "connected", [EP_HANDSHAKE] = "handshake", [EP_READ] = "read",
+        [EP_DRAINED] = "drained",     [EP_EOF] = "eof",             [EP_SHUTDOWN] = "shutdown",
+        [EP_ERROR] = "error",
+    };
+
+    return (size_t)ev < PX_NELEM(names) && names[ev] != NULL ? names[ev] : "?";
 }

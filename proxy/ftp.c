@@ -452,3 +452,79 @@ bool ftp_feat_drop(const char *line, size_t len)
     }
     return false;
 }
+
+int ftp_passive_line(int code, const char *line, size_t len, uint16_t *port)
+{
+    struct ftp_hostport hp;
+    int rc;
+
+    /* Untrusted: straight from the backend. */
+    if (code != 227 && code != 229)
+        return PX_EINVAL;
+    if (len >= 4 && is_digit(line[0]) && is_digit(line[1]) && is_digit(line[2]) &&
+        (line[3] == ' ' || line[3] == '-')) {
+        line += 4;
+        len -= 4;
+    }
+    rc = code == 229 ? ftp_parse_epsv_reply(line, len, &hp) : ftp_parse_pasv_reply(line, len, &hp);
+    if (rc != 0)
+        return rc;
+    *port = hp.port;
+    return 0;
+}
+
+enum ftp_feat_step ftp_feat_step(unsigned line_no, bool last, const char *line, size_t len)
+{
+    if (line_no <= 1)
+        return last ? FTP_FEAT_OURS_ONLY : FTP_FEAT_RELAY;
+    if (last)
+        return FTP_FEAT_OURS_FIRST;
+    return ftp_feat_drop(line, len) ? FTP_FEAT_DROP : FTP_FEAT_RELAY;
+}
+
+size_t ftp_feat_own(char *dst, size_t cap, unsigned flags)
+{
+    int n = snprintf(dst, cap, "%s AUTH TLS\r\n PBSZ\r\n PROT\r\n HOST\r\n EPSV\r\n PASV\r\n%s%s%s",
+                     (flags & FTP_FEAT_HEAD) ? "211-Features:\r\n" : "",
+                     (flags & FTP_FEAT_EPRT) ? " EPRT\r\n" : "",
+                     (flags & FTP_FEAT_UTF8) ? " UTF8\r\n" : "",
+                     (flags & FTP_FEAT_END) ? "211 End\r\n" : "");
+
+    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
+}
+
+int ftp_alpn_select(const uint8_t *list, size_t len, size_t *at)
+{
+    size_t i = 0;
+    int found = 0;
+
+    /* Untrusted: straight from the ClientHello. */
+    if (len == 0)
+        return PX_EINVAL;
+    while (i < len) {
+        size_t n = list[i];
+
+        if (n == 0 || n > len - i - 1)
+            return PX_EINVAL;
+        if (!found && n == 3 && memcmp(list + i + 1, "ftp", 3) == 0) {
+            *at = i + 1;
+            found = 1;
+        }
+        i += 1 + n;
+    }
+    return found;
+}
+
+bool ftp_is_http_request(const char *line, size_t len)
+{
+    static const char *const methods[] = {"GET",   "POST",    "HEAD",  "PUT",
+                                          "OPTIONS", "CONNECT", "TRACE", "PATCH"};
+
+    for (size_t i = 0; i < PX_NELEM(methods); i++) {
+        size_t n = strlen(methods[i]);
+
+        if (len > n && memcmp(line, methods[i], n) == 0 && line[n] == ' ')
+            return true;
+    }
+    return false;
+}

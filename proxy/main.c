@@ -12,21 +12,18 @@
 #include <time.h>
 #include <uv.h>
 
-#include "certcheck.h"
 #include "cfg.h"
 #include "gen.h"
+#include "health.h"
 #include "log.h"
 #include "metrics.h"
 #include "privdrop.h"
 #include "px.h"
+#include "quota.h"
+#include "reload.h"
 #include "server.h"
-#include "tlsctx.h"
-#include "watch.h"
 
 #define DEFAULT_CONFIG "/etc/ftpsgate/ftpsgate.ini"
-
-#define WATCH_DEBOUNCE_MS 1500      /* a key and its certificate are written in turn */
-#define DAILY_MS (24u * 3600 * 1000) /* certificate problems are logged again daily */
 
 struct app {
     const char *path;
@@ -34,156 +31,22 @@ struct app {
     uv_loop_t *loops;     /* [n]: the other workers' loops ([0] unused) */
     uv_thread_t *threads; /* [n] ([0] unused) */
     unsigned n;
-    uint64_t next_gen;
-    unsigned errors;
-    struct watch *watch; /* the certificate and key files in force */
-    uv_timer_t daily;
+    struct reload reload;
     uv_signal_t sigs[3];
+    uv_timer_t sweep; /* bans that ran out */
 };
 
-static void watch_files(struct app *a);
+#define SWEEP_MS 5000
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: ftpsgate [-c FILE] [-t] [--version] [-h]\n"
                "  -c, --config FILE  configuration file (default " DEFAULT_CONFIG ")\n"
                "  -t, --check        check the configuration and every certificate, print a\n"
-               "                     report, exit 0 when it can serve, 1 when not\n"
+               "                     report, exit 0 when it can serve, 1 when not, 3 when it\n"
+               "                     can serve but some sites are degraded\n"
                "  --version          print the version and the OpenSSL and libuv versions\n"
                "  -h, --help         this text\n");
-}
-
-/* Problems found while loading, printed for -t and logged otherwise. */
-static void report_check(void *arg, const char *msg)
-{
-    struct app *a = arg;
-
-    a->errors++;
-    printf("error: %s\n", msg);
-}
-
-static void report_log(void *arg, const char *msg)
-{
-    struct app *a = arg;
-
-    a->errors++;
-    LOG_ERROR(NULL, "config_error", "msg", msg, NULL);
-}
-
-static void print_line(void *arg, bool finding, bool error, const char *line)
-{
-    (void)arg;
-    (void)finding;
-    (void)error;
-    printf("%s\n", line);
-}
-
-static void log_line(void *arg, bool finding, bool error, const char *line)
-{
-    (void)arg;
-    if (finding)
-        log_ev(error ? CFG_LOG_ERROR : CFG_LOG_WARN, NULL, "certificate_check", "msg", line,
-               NULL);
-}
-
-/* -t: the configuration, then every certificate, then the contexts. */
-static int check(struct app *a)
-{
-    struct certcheck_result res = {0, 0};
-    struct cfg *cfg = NULL;
-    struct tlsctx *tls;
-
-    if (cfg_load(a->path, report_check, a, &cfg) == 0) {
-        res = certcheck_run(cfg, time(NULL), true, print_line, a);
-        if (res.errors == 0) { /* what OpenSSL itself refuses (e.g. tls_ciphers) */
-            tls = tlsctx_new(cfg, report_check, a);
-            tlsctx_free(tls);
-        }
-        cfg_free(cfg);
-    }
-    res.errors += a->errors;
-    printf("ftpsgate: %s: %u error%s, %u warning%s: %s\n", a->path, res.errors,
-           res.errors == 1 ? "" : "s", res.warnings, res.warnings == 1 ? "" : "s",
-           res.errors == 0 ? "the configuration can serve"
-                           : "the configuration cannot serve: fix the errors above");
-    return res.errors == 0 ? 0 : 1;
-}
-
-/* Start-up, reload and the daily check: problems a site can be served with
- * (expired, a name not covered...) are logged, and every other site serves. */
-static void check_certificates(struct gen *g)
-{
-    struct certcheck_result res = certcheck_run(g->cfg, time(NULL), false, log_line, NULL);
-    char e[24], w[24];
-
-    metrics_clear(M_CERT_EXPIRY); /* sites a reload removed go */
-    metrics_set(M_CERT_EXPIRY, "(central)", NULL, (int64_t)certcheck_not_after(g->cfg, -1));
-    for (size_t i = 0; i < g->cfg->n_backends; i++)
-        metrics_set(M_CERT_EXPIRY, g->cfg->backends[i].name, NULL,
-                    (int64_t)certcheck_not_after(g->cfg, (int)i));
-
-    if (res.errors > 0 || res.warnings > 0)
-        LOG_WARN(NULL, "certificates_checked", "errors", log_u64(e, res.errors), "warnings",
-                 log_u64(w, res.warnings), NULL);
-}
-
-/* SIGHUP, or a certificate file changed: the new generation takes over for
- * new sessions, or, when it cannot be loaded, the old one stays. */
-static void reload(struct app *a, const char *why)
-{
-    struct gen *g;
-    char id[24];
-
-    a->errors = 0;
-    g = gen_load(a->path, a->next_gen, report_log, a);
-    if (g == NULL) {
-        metrics_add(M_RELOADS, "failed", NULL, 1);
-        LOG_ERROR(NULL, "reload_failed", "trigger", why, "config", a->path, "msg",
-                  "the configuration in force stays", NULL);
-        return;
-    }
-    metrics_add(M_RELOADS, "ok", NULL, 1);
-    a->next_gen++;
-    log_setup(g->cfg->log_level, g->cfg->log_format);
-    check_certificates(g);
-    if (g->cfg->workers != a->n)
-        LOG_WARN(NULL, "reload", "msg", "a new number of workers takes effect at the next start",
-                 NULL);
-    if (server_apply(&a->srv[0], g) != 0)
-        LOG_ERROR(NULL, "reload_partial", "msg", "a new listener could not be opened", NULL);
-    for (unsigned i = 1; i < a->n; i++)
-        server_post_apply(&a->srv[i], g);
-    LOG_INFO(NULL, "reloaded", "trigger", why, "config", a->path, "generation", log_u64(id, g->id),
-             NULL);
-    gen_unref(g);
-    watch_files(a);
-}
-
-static void on_files_changed(void *arg) { reload(arg, "certificate files changed"); }
-
-static void watch_files(struct app *a)
-{
-    const struct cfg *cfg = a->srv[0].gen->cfg;
-    const char *paths[2 + 2 * 64];
-    size_t n = 0;
-
-    paths[n++] = cfg->certificate;
-    paths[n++] = cfg->private_key;
-    for (size_t i = 0; i < cfg->n_backends && n + 2 <= PX_NELEM(paths); i++) {
-        if (cfg->backends[i].certificate == NULL)
-            continue;
-        paths[n++] = cfg->backends[i].certificate;
-        paths[n++] = cfg->backends[i].private_key;
-    }
-    watch_stop(a->watch);
-    a->watch = watch_start(a->srv[0].loop, paths, n, WATCH_DEBOUNCE_MS, on_files_changed, a);
-}
-
-static void on_daily(uv_timer_t *t)
-{
-    struct app *a = t->data;
-
-    check_certificates(a->srv[0].gen);
 }
 
 /* Worker 0 stopped and its last session is gone: the main loop's own handles
@@ -195,10 +58,10 @@ static void on_idle(struct server *srv)
     for (size_t i = 0; i < 3; i++)
         if (!uv_is_closing((uv_handle_t *)&a->sigs[i]))
             uv_close((uv_handle_t *)&a->sigs[i], NULL);
-    if (!uv_is_closing((uv_handle_t *)&a->daily))
-        uv_close((uv_handle_t *)&a->daily, NULL);
-    watch_stop(a->watch);
-    a->watch = NULL;
+    reload_stop(&a->reload);
+    health_stop();
+    if (!uv_is_closing((uv_handle_t *)&a->sweep))
+        uv_close((uv_handle_t *)&a->sweep, NULL);
     metrics_stop();
 }
 
@@ -210,7 +73,7 @@ static void on_signal(uv_signal_t *h, int signum)
         return; /* still starting: the loop runs only once the workers exist */
 
     if (signum == SIGHUP) {
-        reload(a, "SIGHUP");
+        reload_request(&a->reload, "SIGHUP");
         return;
     }
     if (a->srv[0].stopping) { /* a second TERM/INT: do not wait */
@@ -221,6 +84,18 @@ static void on_signal(uv_signal_t *h, int signum)
     server_stop(&a->srv[0]);
     for (unsigned i = 1; i < a->n; i++)
         server_post_stop(&a->srv[i]);
+}
+
+static void on_unbanned(void *arg, const char *who)
+{
+    (void)arg;
+    LOG_INFO(NULL, "unban", "address", who, NULL);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    (void)t;
+    metrics_set(M_BANS_ACTIVE, NULL, NULL, (int64_t)quota_sweep(on_unbanned, NULL));
 }
 
 static void worker_main(void *arg)
@@ -271,7 +146,11 @@ static void finish(struct app *a)
             uv_loop_close(loop);
     }
     uv_loop_close(uv_default_loop());
+    reload_free(&a->reload);
+    gen_drain();
     metrics_free();
+    health_free();
+    quota_free();
     free(a->srv);
     free(a->loops);
     free(a->threads);
@@ -291,14 +170,9 @@ static int run(struct app *a)
      * transfer ends: glibc's sliding threshold would move them into the heap,
      * where fragmentation makes the resident size creep under load. */
     mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-    g = gen_load(a->path, 1, report_log, a);
-    if (g == NULL) {
-        LOG_ERROR(NULL, "config_invalid", "config", a->path, NULL);
+    g = reload_first(&a->reload, a->path);
+    if (g == NULL)
         return 1;
-    }
-    a->next_gen = 2;
-    log_setup(g->cfg->log_level, g->cfg->log_format);
-    check_certificates(g);
     signal(SIGPIPE, SIG_IGN);
     /* Signals first: a SIGHUP or SIGTERM during start-up must not kill us. */
     for (size_t i = 0; i < 3; i++) {
@@ -306,10 +180,14 @@ static int run(struct app *a)
         a->sigs[i].data = a;
         uv_signal_start(&a->sigs[i], on_signal, signums[i]);
     }
+    health_sync(g->cfg);
     rc = start_workers(a, g);
     gen_unref(g);
     if (rc != 0)
         return 1;
+    a->reload.loop = loop;
+    a->reload.srv = a->srv;
+    a->reload.n = a->n;
     cfg = a->srv[0].gen->cfg;
     if (cfg->has_metrics_listen) {
         rc = metrics_serve(loop, &cfg->metrics_listen);
@@ -323,10 +201,11 @@ static int run(struct app *a)
      * byte has been read yet. */
     if (privdrop_apply(cfg->user) != 0)
         return 1;
-    uv_timer_init(loop, &a->daily);
-    a->daily.data = a;
-    uv_timer_start(&a->daily, on_daily, DAILY_MS, DAILY_MS);
-    watch_files(a);
+    reload_arm(&a->reload);
+    if (health_start(loop) != 0)
+        return 1;
+    uv_timer_init(loop, &a->sweep);
+    uv_timer_start(&a->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
     for (unsigned i = 1; i < a->n; i++) {
         if (uv_thread_create(&a->threads[i], worker_main, &a->srv[i]) != 0) {
             LOG_ERROR(NULL, "worker_failed", "msg", "cannot start a worker thread", NULL);
@@ -382,5 +261,5 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    return check_only ? check(&a) : run(&a);
+    return check_only ? reload_check(a.path) : run(&a);
 }

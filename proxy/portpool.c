@@ -18,6 +18,7 @@ int portpool_init(struct portpool *p, uint16_t lo, uint16_t hi)
         return PX_ENOMEM;
     p->in_use = 0;
     p->next = 0;
+    p->retired = false;
     return 0;
 }
 
@@ -56,4 +57,29 @@ void portpool_release(struct portpool *p, uint16_t port)
     PX_ASSERT(p->used[port - p->lo]);
     p->used[port - p->lo] = 0;
     p->in_use--;
+    if (p->retired && p->in_use == 0) {
+        portpool_free(p);
+        free(p);
+    }
+}
+
+struct portpool *portpool_new(uint16_t lo, uint16_t hi)
+{
+    struct portpool *p = calloc(1, sizeof(*p));
+
+    if (p != NULL && portpool_init(p, lo, hi) != 0) {
+        free(p);
+        p = NULL;
+    }
+    return p;
+}
+
+void portpool_retire(struct portpool *p)
+{
+    if (p->in_use == 0) {
+        portpool_free(p);
+        free(p);
+        return;
+    }
+    p->retired = true;
 }

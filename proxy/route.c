@@ -14,64 +14,89 @@ static char to_lower(char c)
     return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
 }
 
-/* pattern (lower-case) against n bytes of name, in any case. */
-static bool equal_lower(const char *pattern, const char *name, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        if (pattern[i] != to_lower(name[i]))
-            return false;
-    }
-    return true;
-}
-
 static bool is_wildcard(const char *pattern)
 {
     return pattern[0] == '*' && pattern[1] == '.';
 }
 
+static bool is_label_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+}
+
+/* Whether name[0..len) is one DNS label (letters, digits, hyphen; lower-case). */
+static bool is_label(const char *name, size_t len)
+{
+    if (len == 0 || len > 63)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!is_label_char(name[i]))
+            return false;
+    return true;
+}
+
+/* The client's name lower-cased, without one trailing dot, into dst
+ * (ROUTE_NAME_MAX + 1 bytes). Its length, or 0 when it cannot be a name. */
+static size_t normalize(const char *name, size_t len, char *dst)
+{
+    if (len > 0 && name[len - 1] == '.')
+        len--;
+    if (len == 0 || len > ROUTE_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        dst[i] = to_lower(name[i]);
+    dst[len] = '\0';
+    return len;
+}
+
 bool route_host_match(const char *pattern, const char *name, size_t len)
 {
+    char n[ROUTE_NAME_MAX + 1];
     size_t plen = strlen(pattern), label;
 
     /* Untrusted: name comes from the client. */
-    if (len > 0 && name[len - 1] == '.')
-        len--;
+    len = normalize(name, len, n);
     if (len == 0)
         return false;
     if (!is_wildcard(pattern))
-        return plen == len && equal_lower(pattern, name, len);
-    /* "*.b.c": one non-empty label, then ".b.c" exactly. */
+        return plen == len && memcmp(pattern, n, len) == 0;
+    /* "*.b.c": one DNS label, then ".b.c" exactly. */
     plen--;
     if (len <= plen)
         return false;
     label = len - plen;
-    return memchr(name, '.', label) == NULL && equal_lower(pattern + 1, name + label, plen);
+    return is_label(n, label) && memcmp(pattern + 1, n + label, plen) == 0;
 }
 
-/* First backend with a matching hostname of the given kind, or -1. */
-static int find_kind(const struct cfg *cfg, const char *name, size_t len, bool wildcard)
+bool route_lookup(const struct cfg *cfg, const char *name, size_t len, int *backend, int *host)
 {
-    size_t b, h;
+    char n[ROUTE_NAME_MAX + 2];
+    const char *dot;
+    uint64_t v;
 
-    for (b = 0; b < cfg->n_backends; b++) {
-        const struct cfg_backend *be = &cfg->backends[b];
-
-        for (h = 0; h < be->n_hostnames; h++) {
-            if (is_wildcard(be->hostnames[h]) == wildcard &&
-                route_host_match(be->hostnames[h], name, len))
-                return (int)b;
-        }
+    /* Untrusted: name comes from the client. An exact name first, then the
+     * wildcard "*.rest" for a first label that is a DNS label. */
+    len = normalize(name, len, n + 1);
+    if (len == 0 || memchr(n + 1, '*', len) != NULL) /* a pattern is no name */
+        return false;
+    if (!hmap_get(&cfg->hostmap, n + 1, len, &v)) {
+        dot = memchr(n + 1, '.', len);
+        if (dot == NULL || !is_label(n + 1, (size_t)(dot - (n + 1))))
+            return false;
+        n[dot - n - 1] = '*';
+        if (!hmap_get(&cfg->hostmap, dot - 1, len - (size_t)(dot - (n + 1)) + 1, &v))
+            return false;
     }
-    return -1;
+    *backend = (int)(v >> 32);
+    *host = (int)(v & 0xffffffffu);
+    return true;
 }
 
 int route_find(const struct cfg *cfg, const char *name, size_t len)
 {
-    int b = find_kind(cfg, name, len, false);
+    int b, h;
 
-    return b >= 0 ? b : find_kind(cfg, name, len, true);
+    return route_lookup(cfg, name, len, &b, &h) ? b : -1;
 }
 
 enum route_status route_decide(const struct cfg *cfg, const struct route_query *q, int *backend)

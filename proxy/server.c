@@ -1,132 +1,80 @@
-/* server.c - one worker's sessions and listeners, and the process-wide
- * limits (see server.h). The counters are shared by every worker thread and
- * guarded by one mutex: they change once per connection, not per byte. */
+/* server.c - one worker's sessions and listeners (see server.h). */
 #include "server.h"
 
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+#include "bufpool.h"
 #include "cfg.h"
 #include "ctl.h"
 #include "gen.h"
 #include "listener.h"
 #include "log.h"
+#include "portpool.h"
+#include "warm.h"
 #include "px.h"
+#include "sharedport.h"
+#include "xfer.h"
 
-#define IP_BUCKETS 1024
+/* A running session, in the worker's list (for shutdown). */
+struct server_sess {
+    struct server_sess *prev, *next;
+    struct server *srv;
+    struct ctl_session *cs; /* NULL until ctl_start() returned */
+};
 
-static atomic_uint_fast64_t sid_counter;
-static atomic_size_t sessions_total; /* control connections, every worker */
-static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct server_count *ip_counts[IP_BUCKETS];
-static struct server_count *backend_counts;
+static void maybe_idle(struct server *srv);
 
-uint64_t server_next_sid(void) { return (uint64_t)atomic_fetch_add(&sid_counter, 1) + 1; }
+/* Free transfer buffers a worker keeps for its next transfers, and how often
+ * it gives back those that were not needed. */
+#define SERVER_BUFPOOL (8u * 1024 * 1024)
+#define SERVER_TRIM_MS 10000
 
-/* ---- counters ---- */
-
-static struct server_count **ip_slot(const uint8_t key[16])
+static void on_trim(uv_timer_t *t)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    struct server_count **p;
+    struct server *srv = t->data;
 
-    for (int i = 0; i < 16; i++)
-        h = (h ^ key[i]) * 16777619u;
-    p = &ip_counts[h % IP_BUCKETS];
-    while (*p != NULL && memcmp((*p)->key, key, 16) != 0)
-        p = &(*p)->next;
-    return p;
+    (void)bufpool_trim(srv->env.bufs);
 }
 
-const char *server_admit(struct server *srv, const struct sockaddr *addr)
-{
-    const struct cfg *cfg = srv->gen->cfg;
-    struct server_count **slot;
-    const char *refusal = NULL;
-    uint8_t key[16];
+/* ---- sessions ---- */
 
-    if (srv->stopping)
-        return "shutting_down";
-    if (atomic_load(&sessions_total) > cfg->max_sessions)
-        return "max_sessions";
-    px_ip16(addr, key);
-    pthread_mutex_lock(&count_lock);
-    slot = ip_slot(key);
-    if (*slot == NULL) {
-        *slot = calloc(1, sizeof(**slot));
-        if (*slot == NULL)
-            refusal = "out_of_memory";
-        else
-            memcpy((*slot)->key, key, 16);
-    } else if ((*slot)->n >= cfg->max_sessions_per_ip) {
-        refusal = "max_sessions_per_ip";
+static void on_session_ended(void *tag)
+{
+    struct server_sess *n = tag;
+    struct server *srv;
+
+    if (n == NULL) /* a session started without a node (out of memory) */
+        return;
+    srv = n->srv;
+    PX_DLIST_UNLINK(srv->sessions, n);
+    free(n);
+    srv->n_sessions--;
+    maybe_idle(srv);
+}
+
+static void on_accept(const struct listener_conn *c, void *arg)
+{
+    struct server *srv = arg;
+    struct server_sess *n = calloc(1, sizeof(*n));
+    struct ctl_conn cc = {
+        .client = c->ep, .gen = c->gen, .sid = c->sid, .peer = c->peer, .local = c->local,
+        .implicit = c->implicit, .early = c->early, .n_early = c->n_early, .tag = n,
+    };
+    struct ctl_session *cs;
+
+    if (n == NULL) { /* out of memory: the session runs, untracked by shutdown */
+        ctl_start(&srv->env, &cc);
+        return;
     }
-    if (refusal == NULL)
-        (*slot)->n++;
-    pthread_mutex_unlock(&count_lock);
-    return refusal;
-}
-
-/* Counts one session less in *slot, dropping the entry at zero. Locked. */
-static void count_down(struct server_count **slot)
-{
-    struct server_count *c = *slot;
-
-    if (c != NULL && --c->n == 0) {
-        *slot = c->next;
-        free(c);
-    }
-}
-
-void server_leave(struct server *srv, const struct sockaddr *addr)
-{
-    uint8_t key[16];
-
-    (void)srv;
-    px_ip16(addr, key);
-    pthread_mutex_lock(&count_lock);
-    count_down(ip_slot(key));
-    pthread_mutex_unlock(&count_lock);
-}
-
-static struct server_count **backend_slot(const char *name)
-{
-    struct server_count **p = &backend_counts;
-
-    while (*p != NULL && strcmp((*p)->name, name) != 0)
-        p = &(*p)->next;
-    return p;
-}
-
-bool server_backend_enter(struct server *srv, const char *backend, unsigned max)
-{
-    struct server_count **slot;
-    bool ok = true;
-
-    (void)srv;
-    pthread_mutex_lock(&count_lock);
-    slot = backend_slot(backend);
-    if (*slot == NULL) {
-        *slot = calloc(1, sizeof(**slot));
-        if (*slot != NULL)
-            snprintf((*slot)->name, sizeof((*slot)->name), "%s", backend);
-    }
-    if (*slot == NULL || (max != 0 && (*slot)->n >= max))
-        ok = false;
-    else
-        (*slot)->n++;
-    pthread_mutex_unlock(&count_lock);
-    return ok;
-}
-
-void server_backend_leave(struct server *srv, const char *backend)
-{
-    (void)srv;
-    pthread_mutex_lock(&count_lock);
-    count_down(backend_slot(backend));
-    pthread_mutex_unlock(&count_lock);
+    n->srv = srv;
+    PX_DLIST_PUSH(srv->sessions, n);
+    srv->n_sessions++;
+    cs = ctl_start(&srv->env, &cc);
+    if (cs != NULL) /* NULL: n is gone already */
+        n->cs = cs;
 }
 
 /* ---- life ---- */
@@ -159,7 +107,8 @@ static int open_list(struct server *srv, const struct cfg_addr *addrs, size_t n,
     for (size_t i = 0; i < n; i++) {
         if (has_listener(srv, &addrs[i], implicit))
             continue;
-        rc = listener_open(srv, &addrs[i], implicit, srv->count > 1, &l);
+        rc = listener_open(srv->loop, &srv->gen, &addrs[i], implicit, srv->count > 1, on_accept,
+                           srv, &l);
         if (rc != 0) {
             LOG_ERROR(NULL, "listen_failed", "listen", addrs[i].text, "error", uv_strerror(rc),
                       NULL);
@@ -184,45 +133,49 @@ static struct portpool *new_pool(const struct server *srv, const struct cfg *cfg
     unsigned per = size / srv->count;
     unsigned lo = cfg->passive_min + srv->index * per;
     unsigned hi = srv->index + 1 == srv->count ? cfg->passive_max : lo + per - 1;
-    struct portpool *p;
 
-    if (per == 0)
-        return NULL;
-    p = calloc(1, sizeof(*p));
-    if (p != NULL && portpool_init(p, (uint16_t)lo, (uint16_t)hi) != 0) {
-        free(p);
-        p = NULL;
-    }
-    return p;
-}
-
-void server_release_port(struct portpool *pool, uint16_t port)
-{
-    portpool_release(pool, port);
-    if (pool->retired && portpool_in_use(pool) == 0) {
-        portpool_free(pool);
-        free(pool);
-    }
+    return per == 0 ? NULL : portpool_new((uint16_t)lo, (uint16_t)hi);
 }
 
 int server_start(struct server *srv, uv_loop_t *loop, struct gen *g, unsigned index,
                  unsigned count)
 {
     const struct cfg *cfg = g->cfg;
+    struct buf_alloc alloc;
+    size_t tls_start, tls_max;
     int rc;
 
     srv->loop = loop;
     srv->index = index;
     srv->count = count;
     srv->gen = gen_ref(g);
-    srv->pool = new_pool(srv, cfg);
-    if (srv->pool == NULL) {
+    srv->env.loop = loop;
+    srv->env.worker = index;
+    srv->env.on_ended = on_session_ended;
+    srv->env.pool = new_pool(srv, cfg);
+    if (srv->env.pool == NULL) {
         LOG_ERROR(NULL, "passive_ports", "msg", "the range is smaller than the number of workers",
                   NULL);
         return UV_EINVAL;
     }
+    srv->env.bufs = bufpool_new(SERVER_BUFPOOL);
+    if (srv->env.bufs != NULL) { /* without it, transfers use malloc alone */
+        uv_timer_init(loop, &srv->trim);
+        srv->trim.data = srv;
+        srv->has_trim = true;
+        uv_timer_start(&srv->trim, on_trim, SERVER_TRIM_MS, SERVER_TRIM_MS);
+        uv_unref((uv_handle_t *)&srv->trim); /* never what keeps the loop running */
+    }
+    xfer_tls_alloc(srv->env.bufs, &alloc, &tls_start, &tls_max);
+    srv->env.share = sharedport_new(loop, &alloc, tls_start, tls_max);
+    if (srv->env.share == NULL)
+        return UV_ENOMEM;
     uv_timer_init(loop, &srv->grace);
     srv->grace.data = srv;
+    srv->env.warm = warm_new(loop, count);
+    if (srv->env.warm == NULL)
+        return UV_ENOMEM;
+    warm_apply(srv->env.warm, cfg);
     rc = open_list(srv, cfg->listen, cfg->n_listen, false);
     if (rc == 0)
         rc = open_list(srv, cfg->listen_implicit, cfg->n_listen_implicit, true);
@@ -252,19 +205,15 @@ int server_apply(struct server *srv, struct gen *g)
     if (open_list(srv, cfg->listen_implicit, cfg->n_listen_implicit, true) != 0 && rc == 0)
         rc = -1;
     pool = new_pool(srv, cfg);
-    if (pool != NULL && pool->lo == srv->pool->lo && pool->hi == srv->pool->hi) {
-        portpool_free(pool); /* the same range: the pool in use stays */
-        free(pool);
+    if (pool != NULL && pool->lo == srv->env.pool->lo && pool->hi == srv->env.pool->hi) {
+        portpool_retire(pool); /* the same range: the pool in use stays */
     } else if (pool != NULL) {
-        srv->pool->retired = true;
-        if (portpool_in_use(srv->pool) == 0) {
-            portpool_free(srv->pool);
-            free(srv->pool);
-        }
-        srv->pool = pool;
+        portpool_retire(srv->env.pool); /* it lives on while transfers hold its ports */
+        srv->env.pool = pool;
     }
     srv->gen = gen_ref(g);
     gen_unref(old);
+    warm_apply(srv->env.warm, cfg); /* warm connections of the old one go */
     return rc;
 }
 
@@ -273,8 +222,9 @@ static void on_grace(uv_timer_t *t)
     struct server *srv = t->data;
 
     LOG_INFO(NULL, "shutdown_grace_over", NULL);
-    for (struct ctl_session *cs = srv->sessions; cs != NULL; cs = ctl_next(cs))
-        ctl_shutdown(cs);
+    for (struct server_sess *n = srv->sessions; n != NULL; n = n->next)
+        if (n->cs != NULL)
+            ctl_shutdown(n->cs);
 }
 
 static void maybe_idle(struct server *srv)
@@ -283,6 +233,8 @@ static void maybe_idle(struct server *srv)
         uv_timer_stop(&srv->grace);
         if (!uv_is_closing((uv_handle_t *)&srv->grace))
             uv_close((uv_handle_t *)&srv->grace, NULL);
+        if (srv->has_trim && !uv_is_closing((uv_handle_t *)&srv->trim))
+            uv_close((uv_handle_t *)&srv->trim, NULL);
         if (srv->has_wake && !uv_is_closing((uv_handle_t *)&srv->wake))
             uv_close((uv_handle_t *)&srv->wake, NULL);
         if (srv->on_idle != NULL)
@@ -303,6 +255,8 @@ void server_stop(struct server *srv)
         srv->listeners = l->next;
         listener_close(l);
     }
+    warm_stop(srv->env.warm);
+    sharedport_stop(srv->env.share);
     LOG_INFO(NULL, "stopping", "sessions", log_u64(n, srv->n_sessions), NULL);
     uv_timer_start(&srv->grace, on_grace, (uint64_t)srv->gen->cfg->shutdown_grace * 1000, 0);
     maybe_idle(srv);
@@ -310,28 +264,21 @@ void server_stop(struct server *srv)
 
 void server_free(struct server *srv)
 {
-    if (srv->pool != NULL) {
-        portpool_free(srv->pool);
-        free(srv->pool);
-        srv->pool = NULL;
+    if (srv->env.pool != NULL) {
+        portpool_retire(srv->env.pool);
+        srv->env.pool = NULL;
     }
+    warm_free(srv->env.warm);
+    srv->env.warm = NULL;
+    sharedport_free(srv->env.share);
+    srv->env.share = NULL;
     gen_unref(srv->gen);
     srv->gen = NULL;
+    /* The loop has ended: every transfer is gone, and its buffers are back. */
+    bufpool_free(srv->env.bufs);
+    srv->env.bufs = NULL;
     if (srv->has_wake)
         pthread_mutex_destroy(&srv->mu);
-}
-
-void server_session_started(struct server *srv)
-{
-    srv->n_sessions++;
-    atomic_fetch_add(&sessions_total, 1);
-}
-
-void server_session_ended(struct server *srv)
-{
-    srv->n_sessions--;
-    atomic_fetch_sub(&sessions_total, 1);
-    maybe_idle(srv);
 }
 
 /* ---- requests from other threads ---- */

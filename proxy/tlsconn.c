@@ -7,6 +7,7 @@
 
 #include <limits.h>
 #include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +16,7 @@
 
 struct tlsconn {
     SSL *ssl;
+    SSL_CTX *ctx0;  /* the context it was made with: its session cache */
     struct buf in;
     struct buf out[2];
     unsigned fill;  /* index of the buffer OpenSSL appends to */
@@ -23,6 +25,7 @@ struct tlsconn {
     bool shut_sent; /* close_notify queued */
     bool hs_done;   /* the first handshake completed (later tickets re-enter
                        OpenSSL's init state; that is not a new handshake) */
+    size_t want_cap; /* tlsconn_set_bufsize() for the buffer on the wire, or 0 */
 };
 
 static BIO_METHOD *bio_method;
@@ -34,6 +37,10 @@ static int bio_write_ex(BIO *b, const char *data, size_t len, size_t *written)
     struct buf *o = &t->out[t->fill];
     size_t room = buf_room(o);
 
+    /* Full while the other buffer is on the wire: the socket is behind, so
+     * an elastic buffer (tlsconn_set_max) grows. */
+    if (room < len && buf_grow(o) == 0)
+        room = buf_room(o);
     BIO_clear_retry_flags(b);
     if (room == 0) {
         BIO_set_retry_write(b);
@@ -122,6 +129,7 @@ struct tlsconn *tlsconn_new(SSL_CTX *ctx, size_t bufsize)
     buf_init(&t->out[0], bufsize);
     buf_init(&t->out[1], bufsize);
     t->ssl = SSL_new(ctx);
+    t->ctx0 = ctx;
     bio = BIO_new(bio_method);
     if (t->ssl == NULL || bio == NULL) {
         BIO_free(bio);
@@ -151,10 +159,47 @@ void tlsconn_free(struct tlsconn *t)
     free(t);
 }
 
+void tlsconn_set_alloc(struct tlsconn *t, const struct buf_alloc *a)
+{
+    buf_set_alloc(&t->in, a);
+    buf_set_alloc(&t->out[0], a);
+    buf_set_alloc(&t->out[1], a);
+}
+
+void tlsconn_set_max(struct tlsconn *t, size_t max)
+{
+    buf_set_max(&t->in, max);
+    buf_set_max(&t->out[0], max);
+    buf_set_max(&t->out[1], max);
+}
+
 SSL *tlsconn_ssl(struct tlsconn *t) { return t->ssl; }
+bool tlsconn_resumed(const struct tlsconn *t) { return SSL_session_reused(t->ssl) == 1; }
+const char *tlsconn_version(const struct tlsconn *t) { return SSL_get_version(t->ssl); }
+const char *tlsconn_cipher(const struct tlsconn *t) { return SSL_get_cipher_name(t->ssl); }
+/* OpenSSL also counts a fatal alert as our side's end. */
+bool tlsconn_shutdown_sent(const struct tlsconn *t)
+{
+    return t->shut_sent || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN) != 0;
+}
+
+const char *tlsconn_sni(const struct tlsconn *t)
+{
+    return SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+}
+
+void tlsconn_more_tickets(struct tlsconn *t)
+{
+    if (SSL_version(t->ssl) >= TLS1_3_VERSION)
+        (void)SSL_new_session_ticket(t->ssl);
+}
 struct buf *tlsconn_inbuf(struct tlsconn *t) { return &t->in; }
 void tlsconn_set_eof(struct tlsconn *t) { t->eof = true; }
 bool tlsconn_handshake_done(const struct tlsconn *t) { return t->hs_done; }
+bool tlsconn_has_input(const struct tlsconn *t)
+{
+    return buf_len(&t->in) > 0 || t->eof || SSL_has_pending(t->ssl) == 1;
+}
 
 /* Maps the result of an SSL_* call. A clean EOF from the BIO without
  * close_notify arrives as SSL_ERROR_SSL (unexpected eof) or SYSCALL: both are
@@ -252,6 +297,26 @@ void tlsconn_out_done(struct tlsconn *t)
     PX_ASSERT(t->out_busy);
     t->out_busy = false;
     buf_reset(&t->out[t->fill ^ 1]);
+    if (t->want_cap != 0) {
+        (void)buf_resize(&t->out[t->fill ^ 1], t->want_cap);
+        t->want_cap = 0;
+    }
+}
+
+int tlsconn_set_bufsize(struct tlsconn *t, size_t cap)
+{
+    int rc;
+
+    if (cap < buf_len(&t->in) || cap < buf_len(&t->out[t->fill]))
+        return PX_EINVAL;
+    rc = buf_resize(&t->in, cap);
+    if (rc == 0)
+        rc = buf_resize(&t->out[t->fill], cap);
+    if (rc == 0 && t->out_busy)
+        t->want_cap = cap;
+    else if (rc == 0)
+        rc = buf_resize(&t->out[t->fill ^ 1], cap);
+    return rc;
 }
 
 size_t tlsconn_out_pending(const struct tlsconn *t)
@@ -281,10 +346,10 @@ const char *tlsconn_error_text(char *dst, size_t cap)
     return dst;
 }
 
-void tlsconn_forget_session(struct tlsconn *t, SSL_CTX *cache)
+void tlsconn_forget_session(struct tlsconn *t)
 {
     SSL_SESSION *sess = SSL_get_session(t->ssl);
 
     if (sess != NULL)
-        SSL_CTX_remove_session(cache, sess);
+        SSL_CTX_remove_session(t->ctx0, sess);
 }

@@ -25,12 +25,13 @@
 #include <string.h>
 
 #include "buf.h"
+#include "bufpool.h"
 #include "ep.h"
 #include "log.h"
 #include "metrics.h"
 #include "portpool.h"
 #include "px.h"
-#include "server.h"
+#include "quota.h"
 #include "tlsconn.h"
 #include "tlsctx.h"
 
@@ -38,16 +39,20 @@
  * upload through loopback): going from 128 KiB plaintext and 64 KiB TLS
  * buffers to 1 MiB and 512 KiB cuts the proxy's CPU per GiB by about a
  * quarter (fewer system calls and wake-ups per byte); twice that gains
- * nothing more. They are allocated when the transfer uses them and freed when
- * it ends: idle sessions hold none. */
-#define XFER_BUF (1024 * 1024)    /* plaintext per direction */
-#define XFER_LOW (XFER_BUF / 2)   /* a paused side reads again below this */
-#define XFER_TLS_BUF (512 * 1024) /* ciphertext buffers of the client's TLS */
+ * nothing more. A transfer starts with XFER_START bytes per buffer, enough
+ * for a small file in one go, and its buffers grow eightfold (buf_grow) while the
+ * stream keeps them full, up to those sizes. They are allocated when the
+ * transfer uses them, come from and go back to the worker's pool
+ * (bufpool.h), and count against transfer_memory while in use. */
+#define XFER_START (32 * 1024)    /* every buffer's first size */
+#define XFER_BUF (1024 * 1024)    /* plaintext per direction, at most */
+#define XFER_TLS_BUF (512 * 1024) /* ciphertext buffers of the client's TLS, at most */
 #define XFER_LINGER_MS 5000      /* waiting for the client to close after our shutdown */
 #define XFER_BIND_TRIES 16
 
 struct xfer {
-    struct ctl_session *cs; /* owner while attached; NULL once detached */
+    xfer_event_fn *on_event; /* the owner's, while attached; NULL once detached */
+    void *arg;
     uv_loop_t *loop;
     struct log_sess lg; /* a copy pointing at our own copies below: the
                            session (and its generation) may go first */
@@ -58,20 +63,25 @@ struct xfer {
     bool torn_down;
 
     struct portpool *pool; /* borrowed from the worker, which outlives us */
+    struct buf_alloc alloc; /* our buffers' storage: the worker's bufpool, counted */
+    struct sharedport *share; /* borrowed from the worker: waiting on a shared port */
+    struct sharedport_wait wait;
     uint16_t port;         /* reserved passive port, 0 when none */
+    bool passive_counted;  /* quota_passive_enter'ed for the client address */
+    bool transfer_counted; /* quota_transfer_enter'ed (xfer_admit) */
     uv_tcp_t listener;
     bool listening;
 
     struct ep *client; /* owned; NULL until a data connection is accepted */
     struct ep backend;
     bool backend_started;
-    bool backend_poison; /* connect only to reset: the backend's transfer must fail */
     uv_timer_t timer; /* data_timeout, then the linger after our shutdown */
     struct buf up, down;
 
-    SSL_CTX *ssl_ctx, *cert_ctx; /* borrowed: the session's generation holds them */
-    uint8_t token[TLSCTX_TOKEN_LEN];
-    struct tlsctx_conn tci;
+    bool tls;                /* PROT P: the client's data connection is TLS */
+    struct tlsctx_conn ctl_tls; /* the control connection's (its contexts are
+                                   the generation's, which outlives us) */
+    struct tlsctx_conn tci;     /* the data connection's */
     bool require_reuse;
     uint64_t data_timeout_ms;
 
@@ -100,9 +110,28 @@ static void client_connected(struct xfer *x);
 
 /* ---- lifetime ---- */
 
+/* Transfer buffers come from the worker's pool (arg), counted against
+ * transfer_memory while a transfer holds them. */
+static void *counted_get(void *arg, size_t cap)
+{
+    void *p = bufpool_get(arg, cap);
+
+    if (p != NULL)
+        quota_mem_add((int64_t)cap);
+    return p;
+}
+
+static void counted_put(void *arg, void *p, size_t cap)
+{
+    bufpool_put(arg, p, cap);
+    quota_mem_add(-(int64_t)cap);
+}
+
 static void xfer_free(struct xfer *x)
 {
     PX_ASSERT(x->port == 0); /* released with the listener */
+    if (x->transfer_counted)
+        quota_transfer_leave((const struct sockaddr *)&x->allowed);
     buf_free(&x->up);
     buf_free(&x->down);
     free(x);
@@ -136,13 +165,19 @@ static void on_backend_closed(struct ep *e) { handle_closed(e->owner); }
  * a new listener may share the port with it. */
 static void close_listener(struct xfer *x)
 {
+    if (x->share != NULL)
+        sharedport_cancel(x->share, &x->wait);
     if (x->listening) {
         x->listening = false;
         uv_close((uv_handle_t *)&x->listener, on_handle_closed);
     }
     if (x->port != 0) {
-        server_release_port(x->pool, x->port);
+        portpool_release(x->pool, x->port);
         x->port = 0;
+    }
+    if (x->passive_counted) {
+        x->passive_counted = false;
+        quota_passive_leave((const struct sockaddr *)&x->allowed);
     }
 }
 
@@ -160,8 +195,8 @@ static void teardown(struct xfer *x, bool reset)
 
 static void report(struct xfer *x, enum xfer_event ev, const char *reason)
 {
-    if (x->cs != NULL && !x->torn_down)
-        ctl_xfer_event(x->cs, ev, reason);
+    if (x->on_event != NULL && !x->torn_down)
+        x->on_event(x, ev, reason, x->arg);
 }
 
 /* The client side is finished: report once (the held reply may go out).
@@ -200,19 +235,6 @@ static void refuse(struct xfer *x, const char *kind, const char *reason)
     end_both(x, reason, false);
 }
 
-static void start_backend(struct xfer *x);
-
-/* No client data connection will come, but the backend waits for ours to
- * answer the transfer command: connect and reset at once, so that it fails
- * the transfer now (vsftpd would wait a minute, then say 425). */
-static void poison_backend(struct xfer *x)
-{
-    if (!x->started || !x->backend_known || x->backend_started)
-        return;
-    x->backend_poison = true;
-    start_backend(x);
-}
-
 static void on_timeout(uv_timer_t *t)
 {
     struct xfer *x = t->data;
@@ -222,8 +244,9 @@ static void on_timeout(uv_timer_t *t)
         return;
     }
     if (x->client == NULL) {
+        /* The backend's data connection, made when its port was known, is
+         * reset with it: a transfer command waiting on it fails now. */
         fail(x, "no data connection within data_timeout");
-        poison_backend(x);
         return;
     }
     fail(x, "data connection stalled for data_timeout");
@@ -235,13 +258,14 @@ static void arm_timeout(struct xfer *x)
         uv_timer_start(&x->timer, on_timeout, x->data_timeout_ms, 0);
 }
 
-static struct xfer *xfer_alloc(struct ctl_session *cs, const struct xfer_params *p)
+static struct xfer *xfer_alloc(const struct xfer_params *p)
 {
     struct xfer *x = calloc(1, sizeof(*x));
 
     if (x == NULL)
         return NULL;
-    x->cs = cs;
+    x->on_event = p->on_event;
+    x->arg = p->arg;
     x->loop = p->loop;
     x->lg = *p->lg;
     snprintf(x->site, sizeof(x->site), "%s", p->lg->site != NULL ? p->lg->site : "");
@@ -249,16 +273,22 @@ static struct xfer *xfer_alloc(struct ctl_session *cs, const struct xfer_params 
     x->lg.site = p->lg->site != NULL ? x->site : NULL;
     x->lg.backend = p->lg->backend != NULL ? x->backend_name : NULL;
     x->pool = p->pool;
-    x->ssl_ctx = p->ssl_ctx;
-    x->cert_ctx = p->cert_ctx;
-    memcpy(x->token, p->token, sizeof(x->token));
+    x->tls = p->tls != NULL;
+    if (x->tls)
+        x->ctl_tls = *p->tls;
     x->require_reuse = p->require_reuse;
+    x->share = x->tls && x->require_reuse ? p->share : NULL;
     x->data_timeout_ms = (uint64_t)p->data_timeout * 1000;
     memcpy(&x->allowed, p->client, sizeof(x->allowed));
     memcpy(&x->local, p->local, sizeof(x->local));
     memcpy(&x->backend_local, p->backend_local, sizeof(x->backend_local));
-    buf_init(&x->up, XFER_BUF);
-    buf_init(&x->down, XFER_BUF);
+    x->alloc = (struct buf_alloc){counted_get, counted_put, p->bufs};
+    buf_init(&x->up, XFER_START);
+    buf_init(&x->down, XFER_START);
+    buf_set_max(&x->up, XFER_BUF);
+    buf_set_max(&x->down, XFER_BUF);
+    buf_set_alloc(&x->up, &x->alloc);
+    buf_set_alloc(&x->down, &x->alloc);
     uv_timer_init(x->loop, &x->timer);
     x->timer.data = x;
     x->open_handles = 1;
@@ -291,10 +321,8 @@ static void start_backend(struct xfer *x)
     struct sockaddr_storage from = x->backend_local;
     int rc;
 
-    if (x->backend_started || !x->backend_known || x->torn_down)
+    if (x->backend_started || !x->backend_known || x->torn_down || x->done)
         return;
-    if (x->done) /* the client's side is over: connect only to fail the backend's */
-        x->backend_poison = true;
     x->backend_started = true;
     rc = ep_init(&x->backend, x->loop, on_backend_event, on_backend_closed, x);
     if (rc != 0) {
@@ -332,10 +360,6 @@ static void on_backend_event(struct ep *e, enum ep_event ev, int status)
 
     switch (ev) {
     case EP_CONNECTED:
-        if (x->backend_poison) {
-            ep_close(&x->backend, true);
-            return;
-        }
         if (status < 0) {
             fail(x, "the backend's data port refused the connection");
             return;
@@ -351,7 +375,7 @@ static void on_backend_event(struct ep *e, enum ep_event ev, int status)
         return;
     case EP_DRAINED: /* up has room again */
         arm_timeout(x);
-        if (x->client != NULL && buf_len(&x->up) <= XFER_LOW)
+        if (x->client != NULL && buf_len(&x->up) <= buf_cap(&x->up) / 2)
             ep_read(x->client);
         if (x->client_eof && buf_len(&x->up) == 0)
             ep_shutdown(&x->backend);
@@ -387,16 +411,16 @@ static void client_ready(struct xfer *x)
 
 static void on_handshake(struct xfer *x)
 {
-    SSL *ssl = tlsconn_ssl(x->client->tls);
+    const struct tlsconn *t = x->client->tls;
 
-    if (x->require_reuse && !SSL_session_reused(ssl)) {
+    if (x->require_reuse && !tlsconn_resumed(t)) {
         refuse(x, "session_reuse",
                "its TLS session does not resume the control connection's (session reuse "
                "required)");
         return;
     }
-    LOG_DEBUG(&x->lg, "data_tls", "version", SSL_get_version(ssl), "resumed",
-              SSL_session_reused(ssl) ? "yes" : "no", NULL);
+    LOG_DEBUG(&x->lg, "data_tls", "version", tlsconn_version(t), "resumed",
+              tlsconn_resumed(t) ? "yes" : "no", NULL);
     client_ready(x);
 }
 
@@ -424,7 +448,7 @@ static void on_client_event(struct ep *e, enum ep_event ev, int status)
         return;
     case EP_DRAINED: /* down has room again (or a handshake flight went out) */
         arm_timeout(x);
-        if (x->client_ready && x->backend.open && buf_len(&x->down) <= XFER_LOW)
+        if (x->client_ready && x->backend.open && buf_len(&x->down) <= buf_cap(&x->down) / 2)
             ep_read(&x->backend);
         return;
     case EP_EOF:
@@ -470,32 +494,23 @@ static void on_client_event(struct ep *e, enum ep_event ev, int status)
 static void client_connected(struct xfer *x)
 {
     struct tlsconn *t;
-    SSL *ssl;
 
     close_listener(x);
     arm_timeout(x);
     ep_set_bufs(x->client, &x->up, &x->down);
     start_backend(x);
-    if (x->ssl_ctx == NULL) {
+    if (!x->tls) {
         ep_read(x->client);
         client_ready(x);
         return;
     }
-    /* Made from the control connection's first context (its session cache
-     * and ticket keys), then given its certificate's context, as the control
-     * connection was by SNI. */
-    t = tlsconn_new(x->ssl_ctx, XFER_TLS_BUF);
+    t = tlsctx_data(&x->ctl_tls, &x->tci, XFER_START);
     if (t == NULL) {
         fail(x, "out of memory");
         return;
     }
-    ssl = tlsconn_ssl(t);
-    if ((x->cert_ctx != x->ssl_ctx && SSL_set_SSL_CTX(ssl, x->cert_ctx) == NULL) ||
-        tlsctx_setup(ssl, &x->tci, x->token, true) != 0) {
-        tlsconn_free(t);
-        fail(x, "out of memory");
-        return;
-    }
+    tlsconn_set_max(t, XFER_TLS_BUF);
+    tlsconn_set_alloc(t, &x->alloc);
     ep_start_tls(x->client, t, NULL);
     if (x->client != NULL && !x->client->closing)
         ep_read(x->client);
@@ -545,6 +560,27 @@ static void on_data_connection(uv_stream_t *server, int status)
     client_connected(x);
 }
 
+/* A shared port's data connection resumed our session (sharedport.h): it
+ * is ours, with its handshake done and checked. */
+static void on_shared_match(void *owner, struct ep *e, const struct tlsctx_conn *ci)
+{
+    struct xfer *x = owner;
+
+    ep_set_owner(e, on_client_event, on_client_closed, x);
+    x->open_handles++;
+    x->tci = *ci;
+    tlsctx_adopt(e->tls, &x->tci);
+    x->client = e;
+    close_listener(x);
+    arm_timeout(x);
+    ep_set_bufs(e, &x->up, &x->down);
+    start_backend(x);
+    if (x->client == e && !e->closing) {
+        ep_read(e);
+        on_handshake(x);
+    }
+}
+
 /* ---- the interface ---- */
 
 static int listen_on_pool_port(struct xfer *x)
@@ -572,36 +608,46 @@ static int listen_on_pool_port(struct xfer *x)
     return rc;
 }
 
-struct xfer *xfer_new_passive(struct ctl_session *cs, const struct xfer_params *p, uint16_t *port,
-                              int *err)
+struct xfer *xfer_new_passive(const struct xfer_params *p, uint16_t *port, int *err)
 {
-    struct xfer *x = xfer_alloc(cs, p);
+    struct xfer *x = xfer_alloc(p);
     int rc;
 
     *err = UV_ENOMEM;
     if (x == NULL)
         return NULL;
-    rc = uv_tcp_init(x->loop, &x->listener);
-    if (rc == 0) {
-        x->listener.data = x;
-        x->listening = true;
-        x->open_handles++;
-        rc = listen_on_pool_port(x);
+    if (!quota_passive_enter(p->client, p->max_passive_per_ip)) {
+        *err = XFER_EPERIP;
+        xfer_detach(x);
+        return NULL;
+    }
+    x->passive_counted = true;
+    if (x->share != NULL) {
+        rc = sharedport_wait(x->share, x->pool, (const struct sockaddr *)&x->local,
+                             (const struct sockaddr *)&x->allowed, &x->ctl_tls, &x->lg, &x->wait,
+                             on_shared_match, x, port);
+    } else {
+        rc = uv_tcp_init(x->loop, &x->listener);
+        if (rc == 0) {
+            x->listener.data = x;
+            x->listening = true;
+            x->open_handles++;
+            rc = listen_on_pool_port(x);
+        }
+        *port = x->port;
     }
     if (rc != 0) {
         *err = rc;
         xfer_detach(x);
         return NULL;
     }
-    *port = x->port;
     arm_timeout(x);
     return x;
 }
 
-struct xfer *xfer_new_active(struct ctl_session *cs, const struct xfer_params *p,
-                             const struct sockaddr *to, int *err)
+struct xfer *xfer_new_active(const struct xfer_params *p, const struct sockaddr *to, int *err)
 {
-    struct xfer *x = xfer_alloc(cs, p);
+    struct xfer *x = xfer_alloc(p);
 
     *err = UV_ENOMEM;
     if (x == NULL)
@@ -621,6 +667,18 @@ void xfer_set_backend(struct xfer *x, const struct sockaddr *backend_data)
     start_backend(x);
 }
 
+const char *xfer_admit(struct xfer *x, unsigned max_transfers, uint64_t memory)
+{
+    if (x->transfer_counted)
+        return NULL;
+    if (quota_mem() >= memory)
+        return "transfer_memory";
+    if (!quota_transfer_enter((const struct sockaddr *)&x->allowed, max_transfers))
+        return "max_transfers_per_ip";
+    x->transfer_counted = true;
+    return NULL;
+}
+
 void xfer_start(struct xfer *x, bool download)
 {
     struct sockaddr_storage from = x->local;
@@ -628,11 +686,7 @@ void xfer_start(struct xfer *x, bool download)
 
     x->started = true;
     x->download = download;
-    if (x->done && x->client == NULL) { /* the data connection timed out already */
-        poison_backend(x);
-        return;
-    }
-    if (!x->active || x->client != NULL)
+    if (x->done || !x->active || x->client != NULL)
         return;
     /* Active mode: we connect out to the client, from our control address,
      * and stay the TLS server (RFC 4217). */
@@ -656,8 +710,14 @@ void xfer_final_reply(struct xfer *x, int code)
         fail(x, NULL);
         return;
     }
-    if (x->client == NULL) { /* nothing was ever connected */
-        client_done(x, NULL, false);
+    if (x->client == NULL) {
+        /* On a shared port a data connection is ours only once its
+         * handshake is done: the backend may have finished before. Its
+         * bytes wait in the backend socket, the reply waits for the client
+         * (or for data_timeout). */
+        if (x->share != NULL && x->backend_started && x->wait.lsn != NULL)
+            return;
+        client_done(x, NULL, false); /* nothing was ever connected */
         return;
     }
     if (x->download)
@@ -670,15 +730,9 @@ bool xfer_refused(const struct xfer *x, const char **reason)
     return x->refusal != NULL;
 }
 
-void xfer_abort(struct xfer *x)
-{
-    if (!x->torn_down)
-        teardown(x, true);
-}
-
 void xfer_detach(struct xfer *x)
 {
-    x->cs = NULL;
+    x->on_event = NULL;
     x->detached = true;
     if (!x->torn_down)
         teardown(x, true);
@@ -689,4 +743,16 @@ void xfer_bytes(const struct xfer *x, uint64_t *up, uint64_t *down)
 {
     *up = x->client != NULL ? x->client->rx : x->up_total;
     *down = x->backend_started ? x->backend.rx : 0;
+}
+
+const char *xfer_event_name(enum xfer_event ev)
+{
+    return ev == XFER_REFUSED ? "refused" : ev == XFER_DONE ? "done" : "?";
+}
+
+void xfer_tls_alloc(struct bufpool *pool, struct buf_alloc *alloc, size_t *start, size_t *max)
+{
+    *alloc = (struct buf_alloc){counted_get, counted_put, pool};
+    *start = XFER_START;
+    *max = XFER_TLS_BUF;
 }

@@ -7,7 +7,9 @@
 
 It connects to the proxy by address (127.0.0.1: no SNI is sent), sends
 `HOST <site>` BEFORE `AUTH TLS`, so the proxy routes by HOST and serves the
-site's own certificate when the site has one, then logs in as plain
+site's own certificate when the site has one (for a site without one, the
+central certificate comes back, ftpsgate forgets a HOST it received in
+plaintext, and the script sends HOST again inside TLS), then logs in as plain
 `anonymous`, sends PROT P and prints PWD and NLST (and RETR/STOR on request).
 scripts/demo prints these commands; this file is part of the demo.
 
@@ -125,6 +127,11 @@ def main() -> int:
               f"{args.site} nor {args.server}", file=sys.stderr)
         return 1
     print(f"{'certificate':<27} :  CN={subject_cn(cert)} [{names}], {verdict}")
+    if not covers(cert, args.site):
+        # A plaintext HOST routes only when its site's own certificate came
+        # back (a man in the middle could have sent it): ftpsgate forgot it,
+        # so name the site again, now inside TLS.
+        show(f"HOST {args.site} (in TLS)", ftp.sendcmd(f"HOST {args.site}"))
 
     show(f"USER {args.user} / PASS", ftp.login(args.user, args.password))
     show("PROT P", ftp.prot_p())

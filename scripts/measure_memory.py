@@ -25,7 +25,6 @@ Everything it starts is stopped at the end (by pid); the work dir is removed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -70,27 +69,6 @@ class Sampler(threading.Thread):
         self.join(5)
 
 
-def random_file(path: Path, size: int) -> str:
-    hs = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 8 * MiB))
-            hs.update(chunk)
-            f.write(chunk)
-            left -= len(chunk)
-    os.chmod(path, 0o644)
-    return hs.hexdigest()
-
-
-def sha_of(path: Path) -> str:
-    hs = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * MiB):
-            hs.update(chunk)
-    return hs.hexdigest()
-
-
 def place(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
@@ -133,7 +111,7 @@ def main() -> int:
         certs = h.CertFactory(work / "certs")
         print(f"making a {a.size_mib} MiB random file ...", flush=True)
         src = work / "big.bin"
-        sha = random_file(src, size)
+        sha = h.random_file(src, size)
 
         plain = h.Vsftpd(work, "memsite", files={}, dirs=[])
         plain.start()
@@ -174,12 +152,12 @@ def main() -> int:
             sampler.stop()
             peaks.append(max(k for _, k in sampler.samples))
             nsamples += len(sampler.samples)
-            oks.append(out.stat().st_size == size and sha_of(out) == sha)
+            oks.append(out.stat().st_size == size and h.sha_file(out) == sha)
             tls_runs.append(curl_get(tlsv.port, "big.bin", out, user="anonymous", ca=certs.ca))
-            oks.append(out.stat().st_size == size and sha_of(out) == sha)
+            oks.append(out.stat().st_size == size and h.sha_file(out) == sha)
         rss_after = vm_rss_kib(proxy.pid)
         plain_run = curl_get(plain.port, "big.bin", out, user="anonymous", ca=None, tls=False)
-        oks.append(out.stat().st_size == size and sha_of(out) == sha)
+        oks.append(out.stat().st_size == size and h.sha_file(out) == sha)
         out.unlink()
 
         def mibs(bps: float) -> str:

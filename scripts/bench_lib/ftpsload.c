@@ -17,6 +17,11 @@
  *       "ready N failures=F" and keeps them idle until standard input ends
  *       (EOF), then sends QUIT on each, closes them and exits.
  *
+ *   ftpsload holdpasv HOST PORT USER N PROCS
+ *       The same, and each session also sends PBSZ 0, PROT P and PASV, and
+ *       counts only when it got 227: N passive transfers waiting at once.
+ *       Prints "ready N failures=F ports=K" (K: distinct passive ports).
+ *
  * The certificate is not verified (loopback benchmark). Built by
  * scripts/bench.py with: cc -O2 -o ftpsload ftpsload.c -lssl -lcrypto
  */
@@ -42,6 +47,10 @@ static const char *g_host, *g_user;
 static int g_port;
 static SSL_CTX *g_ctx;
 static int g_plain; /* plainlogin: no AUTH TLS */
+static int g_pasv;  /* holdpasv: PBSZ, PROT P and PASV after the login */
+static int g_last_port; /* the port of the last 227 */
+
+
 
 typedef struct { int fd; SSL *ssl; char buf[1024]; size_t len; } conn_t;
 
@@ -95,6 +104,25 @@ static int send_cmd(conn_t *c, const char *line) {
 
 static int cmd(conn_t *c, const char *line) {
     return send_cmd(c, line) < 0 ? -1 : reply(c);
+}
+
+/* PBSZ 0, PROT P, PASV: 0 with g_last_port set when the reply is 227. */
+static int pasv(conn_t *c) {
+    if (cmd(c, "PBSZ 0") != 200 || cmd(c, "PROT P") != 200) return -1;
+    if (send_cmd(c, "PASV") < 0) return -1;
+    for (;;) {  /* the 227 line stays in c->buf until reply() consumes it */
+        char *nl = memchr(c->buf, '\n', c->len);
+        if (nl != NULL) break;
+        if (fill(c) < 0) return -1;
+    }
+    int a, b, d, e, p1, p2;
+    c->buf[c->len < sizeof c->buf ? c->len : sizeof c->buf - 1] = '\0';
+    char *open = strchr(c->buf, '(');
+    int ok = strncmp(c->buf, "227", 3) == 0 && open != NULL &&
+             sscanf(open, "(%d,%d,%d,%d,%d,%d)", &a, &b, &d, &e, &p1, &p2) == 6;
+    if (reply(c) != 227 || !ok) return -1;
+    g_last_port = p1 * 256 + p2;
+    return 0;
 }
 
 static void conn_close(conn_t *c) {
@@ -190,12 +218,22 @@ static int mode_hold(long n, int procs) {
             close(ready[0]);
             close(hold[1]);
             conn_t *cs = calloc((size_t)share + 1, sizeof *cs);
+            static unsigned char seen[65536];
             long ok = 0, bad = 0;
             for (long i = 0; i < share; i++) {
-                if (login(&cs[ok]) == 0) ok++;
-                else if (++bad > 20 && bad > share / 10) break;
+                if (login(&cs[ok]) == 0 && (!g_pasv || pasv(&cs[ok]) == 0)) {
+                    seen[g_last_port] = 1;
+                    ok++;
+                } else {
+                    if (cs[ok].fd >= 0) conn_close(&cs[ok]);
+                    if (++bad > 20 && bad > share / 10) break;
+                }
             }
-            dprintf(ready[1], "%ld %ld\n", ok, bad);
+            char line[512];
+            int len = snprintf(line, sizeof line, "%ld %ld", ok, bad);
+            for (int port = 1; port < 65536 && len < (int)sizeof line - 8; port++)
+                if (seen[port]) len += snprintf(line + len, sizeof line - (size_t)len, " %d", port);
+            dprintf(ready[1], "%s\n", line);
             close(ready[1]);
             char ch;
             while (read(hold[0], &ch, 1) > 0) {}
@@ -205,10 +243,21 @@ static int mode_hold(long n, int procs) {
     }
     close(ready[1]);
     close(hold[0]);
-    long ok = 0, bad = 0, a, b;
+    long ok = 0, bad = 0, ports = 0;
+    static unsigned char seen[65536];
+    char rl[1024];
     FILE *f = fdopen(ready[0], "r");
-    while (fscanf(f, "%ld %ld", &a, &b) == 2) { ok += a; bad += b; }
-    printf("ready %ld failures=%ld\n", ok, bad);
+    while (fgets(rl, sizeof rl, f)) {
+        char *p = rl, *end;
+        ok += strtol(p, &end, 10);
+        p = end;
+        bad += strtol(p, &end, 10);
+        p = end;
+        for (long v = strtol(p, &end, 10); end != p; p = end, v = strtol(p, &end, 10))
+            if (v > 0 && v < 65536 && !seen[v]) { seen[v] = 1; ports++; }
+    }
+    if (g_pasv) printf("ready %ld failures=%ld ports=%ld\n", ok, bad, ports);
+    else printf("ready %ld failures=%ld\n", ok, bad);
     fflush(stdout);
     char line[64];
     while (fgets(line, sizeof line, stdin)) {}
@@ -241,6 +290,10 @@ int main(int argc, char **argv) {
         return mode_login(atof(argv[5]), procs);
     }
     if (strcmp(argv[1], "hold") == 0) return mode_hold(atol(argv[5]), procs);
+    if (strcmp(argv[1], "holdpasv") == 0) {
+        g_pasv = 1;
+        return mode_hold(atol(argv[5]), procs);
+    }
     fprintf(stderr, "unknown mode %s\n", argv[1]);
     return 2;
 }

@@ -46,6 +46,21 @@ static void check_match(const char *name, size_t len)
     free(alt);
 }
 
+/* route_find() by hash agrees with a scan of every pattern: the first
+ * backend with an exact match, else the first with a wildcard match. */
+static int scan_find(const char *name, size_t len)
+{
+    for (int wild = 0; wild < 2; wild++)
+        for (size_t b = 0; b < PX_NELEM(backends); b++)
+            for (size_t h = 0; h < backends[b].n_hostnames; h++) {
+                const char *pat = backends[b].hostnames[h];
+
+                if ((pat[0] == '*') == (wild == 1) && route_host_match(pat, name, len))
+                    return (int)b;
+            }
+    return -1;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *arg = (const char *)data + 1;
@@ -78,7 +93,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cfg.n_backends = PX_NELEM(backends);
     cfg.default_backend = -1;
     cfg.route_by_sni = true;
+    PX_ASSERT(cfg_index_hosts(&cfg) == 0);
     found = route_find(&cfg, u.host, u.host_len);
+    PX_ASSERT(found == scan_find(u.host, u.host_len));
     PX_ASSERT(found >= -1 && found < (int)PX_NELEM(backends));
     /* Every HOST/SNI combination agrees or conflicts as route.h says. */
     for (host_site = -1; host_site < (int)PX_NELEM(backends); host_site++) {
@@ -94,5 +111,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             PX_ASSERT(st == ROUTE_OK && backend == found);
         PX_ASSERT(st == ROUTE_OK || backend == -1);
     }
+    hmap_free(&cfg.hostmap);
     return 0;
 }

@@ -13,6 +13,7 @@ each proxy's log is printed, so the report shows what the proxy said.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -81,10 +82,13 @@ def beta(workdir):
 def default_backends(alpha: Vsftpd, beta: Vsftpd, certs: CertFactory,
                      own_certs: bool = True) -> dict:
     """[backend:alpha] and [backend:beta]; each with its own certificate
-    unless own_certs=False."""
+    unless own_certs=False. No health checks: tests count the connections
+    the backends see (test_backends.py tests the checks)."""
     return {
-        "alpha": backend_section(alpha, ALPHA_HOSTS, certs.alpha() if own_certs else None),
-        "beta": backend_section(beta, BETA_HOSTS, certs.beta() if own_certs else None),
+        "alpha": backend_section(alpha, ALPHA_HOSTS, certs.alpha() if own_certs else None,
+                                 health_check=0),
+        "beta": backend_section(beta, BETA_HOSTS, certs.beta() if own_certs else None,
+                                health_check=0),
     }
 
 
@@ -142,26 +146,43 @@ def make_proxy(request, workdir, certs, alpha, beta):
         pytest.fail("; ".join(problems), pytrace=False)
 
 
+@contextlib.contextmanager
+def running(p: Proxy):
+    """Starts p for a fixture's lifetime; at the end, fails the fixture with
+    its log tail if it did not live and die well (proxy_problems())."""
+    p.start()
+    try:
+        yield p
+    finally:
+        problems = proxy_problems(p)
+        if problems:
+            print(f"\n--- ftpsgate log ---\n{_log_tail(p, 200)}")
+            pytest.fail("; ".join(problems), pytrace=False)
+
+
+@contextlib.contextmanager
+def log_on_failure(request, p: Proxy):
+    """Prints what a shared proxy logged during the test if the test fails."""
+    mark = p.log_mark()
+    yield p
+    if _failed(request):
+        print(f"\n--- ftpsgate log (this test) ---\n{p.log_since(mark)[-12000:]}")
+
+
 @pytest.fixture(scope="module")
 def proxy(request, workdir, certs, alpha, beta):
     """The module's shared ftpsgate: alpha and beta, each with its own
     certificate, explicit and implicit listeners on 127.0.0.1."""
-    p = Proxy(workdir, certs.central(), default_backends(alpha, beta, certs), ca=certs.ca)
-    p.start()
-    yield p
-    problems = proxy_problems(p)
-    if problems:
-        print(f"\n--- ftpsgate log ---\n{_log_tail(p, 200)}")
-        pytest.fail("; ".join(problems), pytrace=False)
+    with running(Proxy(workdir, certs.central(), default_backends(alpha, beta, certs),
+                       ca=certs.ca)) as p:
+        yield p
 
 
 @pytest.fixture
 def proxy_log_on_failure(request, proxy):
     """Use in tests on the shared proxy to print its log if the test fails."""
-    mark = proxy.log_mark()
-    yield proxy
-    if _failed(request):
-        print(f"\n--- ftpsgate log (this test) ---\n{proxy.log_since(mark)[-8000:]}")
+    with log_on_failure(request, proxy):
+        yield proxy
 
 
 def pytest_configure(config):

@@ -1,12 +1,14 @@
-"""Helpers shared by the hardening tests (issue 5): test_limits.py,
-test_faults.py, test_soak.py, test_security.py and valgrind_session.py.
+"""Fault-injection helpers shared by the hardening tests (issue 5):
+test_limits.py, test_faults.py, test_soak.py, test_security.py,
+valgrind_session.py, and the mid-transfer failures of test_data.py.
 
-A dedicated vsftpd site ("hard", host names ftp.hard.test) with random files
-of known sha256; an ftplib client that resumes the control session on data
-connections (the proxy requires it by default); descriptor, passive-port and
-memory probes of the running proxy; and the "after a fault" check: the proxy
+The "hard" site's host name and user; the "after a fault" check: the proxy
 is alive, serves a fresh session with a whole download, and its descriptors
-and passive ports are back where they were.
+and passive ports are back where they were (warm_up(), recovered()); a
+Bystander session downloading while a fault happens; clients that vanish or
+reset; a ClientHello's bytes; memory and /proc probes; renegotiation through
+openssl s_client. The general helpers (Site, login, retr, stor, pasv_port,
+closed_within, the proxy's descriptor and port probes, ...) are harness.py's.
 
 Every wait has a timeout.
 """
@@ -14,9 +16,7 @@ Every wait has a timeout.
 from __future__ import annotations
 
 import contextlib
-import ftplib
 import hashlib
-import io
 import os
 import resource
 import signal
@@ -26,146 +26,33 @@ import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import harness as h
-from harness import FtpsClient, Vsftpd, backend_section
+from harness import MiB, Site
 
-PW = "test@example.org"
-KiB = 1024
-MiB = 1024 * KiB
-SITE = "ftp.hard.test"
+SITE = "ftp.hard.test"          # the host name of the sites the hardening tests make
 USER = f"{SITE}|anonymous"
-BLOCK = 64 * KiB
+
+
+def start_proxy(make_proxy, site: Site, extra_backends: Optional[dict] = None,
+                pool: int = 8, start: bool = True, **opts) -> h.Proxy:
+    """make_proxy() in front of `site` (backend "hard") and extra_backends,
+    with a passive pool of its own of `pool` ports; opts are [proxy] keys
+    (None: the key is left out, so its default applies). start=False: made,
+    not started."""
+    lo, hi = h.free_port_range(pool)
+    proxy = {"passive_ports": f"{lo}-{hi}"}
+    proxy.update({k: (None if v is None else str(v)) for k, v in opts.items()})
+    backends = {"hard": site.section()}
+    backends.update(extra_backends or {})
+    return make_proxy(proxy=proxy, backends=backends, start=start)
 
 
 # --------------------------------------------------------------------------
-# The site
+# Clients that vanish, and raw TLS bytes
 # --------------------------------------------------------------------------
-
-@dataclass
-class SiteFile:
-    name: str
-    size: int
-    sha: str
-
-
-def random_bytes(size: int, seed: Optional[int] = None) -> bytes:
-    if seed is None:
-        return os.urandom(size)
-    import random
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha_file(path: Path) -> str:
-    hs = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            hs.update(chunk)
-    return hs.hexdigest()
-
-
-class Site:
-    """A vsftpd backend with random files: files[name] -> SiteFile."""
-
-    def __init__(self, workdir: Path, name: str = "hard", sizes: Optional[dict] = None,
-                 pasv_ports: int = 20, pasv_range: Optional[tuple[int, int]] = None):
-        sizes = sizes or {"blob.bin": 256 * KiB}
-        self.vs = Vsftpd(workdir, name, pasv_ports=pasv_ports, files={}, dirs=[])
-        if pasv_range is not None:           # a range reserved earlier
-            self.vs.pasv_min, self.vs.pasv_max = pasv_range
-        self.files: dict[str, SiteFile] = {}
-        self._sizes = sizes
-
-    def start(self) -> "Site":
-        self.vs.start()
-        for name, size in self._sizes.items():
-            data = os.urandom(size)
-            p = self.vs.root / name
-            p.write_bytes(data)
-            os.chmod(p, 0o644)
-            self.files[name] = SiteFile(name, size, sha(data))
-        return self
-
-    def stop(self) -> None:
-        self.vs.stop()
-
-    @property
-    def root(self) -> Path:
-        return self.vs.root
-
-    def section(self, hostnames=(SITE,), **extra) -> dict:
-        return backend_section(self.vs, list(hostnames), **extra)
-
-    def session_procs(self) -> set[int]:
-        return h.descendants(self.vs.proc.pid) if self.vs.proc else set()
-
-
-# --------------------------------------------------------------------------
-# Clients
-# --------------------------------------------------------------------------
-
-class Client(FtpsClient):
-    """FtpsClient that resumes the control session on data connections."""
-
-    def __init__(self, **kw):
-        kw.setdefault("reuse_session", True)
-        super().__init__(**kw)
-
-
-def connect(p: h.Proxy, certs, *, implicit: bool = False, source: Optional[str] = None,
-            timeout: float = h.T_IO, sni: Optional[str] = None, **kw) -> Client:
-    c = Client(ca=certs.ca, verify=True, implicit=implicit, timeout=timeout, sni=sni, **kw)
-    c.connect(p.host, p.implicit_port if implicit else p.port,
-              source_address=(source, 0) if source else None)
-    return c
-
-
-def login(p: h.Proxy, certs, user: str = USER, password: str = PW, *, prot_p: bool = True,
-          **kw) -> Client:
-    """A logged-in session, PBSZ 0 + PROT P done unless prot_p=False."""
-    c = connect(p, certs, **kw)
-    try:
-        r = c.tls_login(user, password)
-        assert r.code == 230, f"login as {user}: {r}"
-        if prot_p:
-            c.protect()
-    except BaseException:
-        c.close_quietly()
-        raise
-    return c
-
-
-def retr(c: ftplib.FTP, path: str) -> tuple[str, int, str]:
-    """(sha256, bytes, final reply) of a download."""
-    return h.retr_sha(c, path, blocksize=BLOCK)
-
-
-def stor(c: ftplib.FTP, path: str, data: bytes) -> str:
-    return c.storbinary(f"STOR {path}", io.BytesIO(data), blocksize=BLOCK)
-
-
-def pasv_port(c: FtpsClient) -> int:
-    r = c.cmd("PASV")
-    assert r.code == 227, r
-    return ftplib.parse227(r.text)[1]
-
-
-def read_n(conn, limit: int) -> int:
-    n = 0
-    while n < limit:
-        b = conn.recv(min(BLOCK, limit - n))
-        if not b:
-            break
-        n += len(b)
-    return n
-
 
 def rst_close(sock: socket.socket) -> None:
     """Close with an RST (SO_LINGER 0) rather than a FIN. For an SSLSocket
@@ -176,7 +63,7 @@ def rst_close(sock: socket.socket) -> None:
         sock.close()
 
 
-def vanish(c: FtpsClient, rst: bool = False) -> None:
+def vanish(c: h.FtpsClient, rst: bool = False) -> None:
     """The control connection goes away: no QUIT, no close_notify; RST or FIN."""
     if rst and c.sock is not None:
         with contextlib.suppress(OSError):
@@ -184,22 +71,16 @@ def vanish(c: FtpsClient, rst: bool = False) -> None:
     c.drop()
 
 
-def closed_within(sock: socket.socket, timeout: float) -> tuple[bool, bytes]:
-    """(True, bytes read) if the peer closes (EOF/reset) within timeout."""
-    deadline = time.monotonic() + timeout
-    got = b""
-    try:
-        while time.monotonic() < deadline:
-            sock.settimeout(max(0.05, deadline - time.monotonic()))
-            b = sock.recv(4096)
-            if not b:
-                return True, got
-            got += b
-    except socket.timeout:
-        return False, got
-    except (ConnectionError, OSError, ssl.SSLError):
-        return True, got
-    return False, got
+def transfer_midway(c: h.FtpsClient, direction: str, path: str, n: int):
+    """Starts RETR path ("download") or STOR path ("upload") and moves its
+    first n bytes; returns the data connection, still open."""
+    if direction == "download":
+        conn, _ = c.ntransfercmd(f"RETR {path}")
+        assert h.read_all(conn, n) == n
+    else:
+        conn, _ = c.ntransfercmd(f"STOR {path}")
+        conn.sendall(os.urandom(n))
+    return conn
 
 
 def client_hello(sni: Optional[str] = None, max_version=None) -> bytes:
@@ -217,44 +98,6 @@ def client_hello(sni: Optional[str] = None, max_version=None) -> bytes:
 # --------------------------------------------------------------------------
 # Probes of the running proxy
 # --------------------------------------------------------------------------
-
-def pool_of(p: h.Proxy) -> range:
-    lo, hi = (int(x) for x in str(p.opts["passive_ports"]).split("-"))
-    return range(lo, hi + 1)
-
-
-def pool_ports_busy(p: h.Proxy) -> list[int]:
-    """Ports of the proxy's passive range that something listens on."""
-    listening = h._listening_ports()
-    return [port for port in pool_of(p) if port in listening]
-
-
-def fd_list(pid: int) -> list[str]:
-    out = []
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                out.append(f"{fd} -> {os.readlink(f'/proc/{pid}/fd/{fd}')}")
-    return sorted(out, key=lambda s: int(s.split()[0]))
-
-
-def wait_fds_back(p: h.Proxy, base: int, timeout: float = 10.0) -> None:
-    try:
-        h.wait_until(lambda: p.fd_count() <= base, timeout, interval=0.1,
-                     what=f"the proxy's descriptors back to {base}")
-    except TimeoutError:
-        raise AssertionError(f"proxy holds {p.fd_count()} descriptors after {timeout:.0f}s, "
-                             f"{base} before:\n" + "\n".join(fd_list(p.pid)))
-
-
-def wait_pool_free(p: h.Proxy, timeout: float = 10.0) -> None:
-    try:
-        h.wait_until(lambda: not pool_ports_busy(p), timeout, interval=0.1,
-                     what="every passive port closed")
-    except TimeoutError:
-        raise AssertionError(f"passive ports still listening after {timeout:.0f}s: "
-                             f"{pool_ports_busy(p)}")
-
 
 def status_field(pid: int, field: str) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -296,13 +139,13 @@ def raise_nofile(want: int) -> int:
 # Baseline and recovery
 # --------------------------------------------------------------------------
 
-def fresh_download(p: h.Proxy, certs, site: Site, name: str = "blob.bin",
+def fresh_download(p: h.Proxy, certs, site: Site, name: str = "blob.bin", *,
                    user: str = USER) -> None:
     """A new session logs in and downloads `name` whole (sha256)."""
     f = site.files[name]
-    c = login(p, certs, user, timeout=20)
+    c = h.login(p, certs, user, timeout=20)
     try:
-        got, n, resp = retr(c, f"/{name}")
+        got, n, resp = h.retr(c, f"/{name}")
         assert resp.startswith("226"), resp
         assert n == f.size and got == f.sha, f"download of {name}: {n} bytes, sha {got}"
         assert c.cmd("QUIT").code == 221
@@ -310,12 +153,13 @@ def fresh_download(p: h.Proxy, certs, site: Site, name: str = "blob.bin",
         c.close_quietly()
 
 
-def warm_up(p: h.Proxy, certs, site: Site, user: str = USER) -> int:
+def warm_up(p: h.Proxy, certs, site: Site, name: str = "blob.bin", *,
+            user: str = USER) -> int:
     """One whole session with a transfer (OpenSSL loads lazily, libuv makes
     its threadpool), then the descriptor count at rest."""
-    fresh_download(p, certs, site, user=user)
-    time.sleep(0.3)
-    h.wait_until(lambda: not pool_ports_busy(p), 5, what="pool free after warm-up")
+    fresh_download(p, certs, site, name, user=user)
+    time.sleep(0.5)
+    h.wait_until(lambda: not p.pool_ports_busy(), 5, what="pool free after warm-up")
     return p.fd_count()
 
 
@@ -326,16 +170,11 @@ def recovered(p: h.Proxy, certs, site: Site, base: int, timeout: float = 10.0) -
     also lets sessions the test closed end, so that a session limit under
     test has room again.)"""
     assert p.alive(), f"ftpsgate died (exit {p.proc.returncode if p.proc else '?'})"
-    wait_fds_back(p, base, timeout)
+    p.wait_fds_back(base, timeout)
     fresh_download(p, certs, site)
-    wait_fds_back(p, base, timeout)
-    wait_pool_free(p, timeout)
+    p.wait_fds_back(base, timeout)
+    p.wait_pool_free(timeout)
     assert p.alive()
-
-
-def log_lines(p: h.Proxy, mark: int, *words: str) -> list[str]:
-    """Lines of the proxy's log since `mark` that contain every word."""
-    return [l for l in p.log_since(mark).splitlines() if all(w in l for w in words)]
 
 
 class Bystander(threading.Thread):
@@ -357,28 +196,16 @@ class Bystander(threading.Thread):
 
     def run(self):
         try:
-            c = login(self.p, self.certs, self.user, timeout=30)
+            c = h.login(self.p, self.certs, self.user, timeout=30)
             try:
                 hs = hashlib.sha256()
                 conn, _ = c.ntransfercmd(f"RETR /{self.name}")
-                while self.n < self.pause_at:
-                    b = conn.recv(min(BLOCK, self.pause_at - self.n))
-                    if not b:
-                        break
-                    hs.update(b)
-                    self.n += len(b)
+                self.n = h.read_all(conn, self.pause_at, hs)
                 self.midway.set()
                 if not self.resume.wait(self.timeout):
                     raise TimeoutError("never resumed")
-                while True:
-                    b = conn.recv(BLOCK)
-                    if not b:
-                        break
-                    hs.update(b)
-                    self.n += len(b)
-                with contextlib.suppress(OSError, ValueError):
-                    conn.unwrap()
-                conn.close()
+                self.n += h.read_all(conn, None, hs)
+                h.finish_tls(conn)
                 self.final = c.reply()
                 self.sha = hs.hexdigest()
                 assert c.cmd("NOOP").code == 200
@@ -388,6 +215,12 @@ class Bystander(threading.Thread):
         except BaseException as e:       # reported by check()
             self.error = e
             self.midway.set()
+
+    def go(self) -> "Bystander":
+        """Starts the download and waits until it is midway."""
+        self.start()
+        self.wait_midway()
+        return self
 
     def wait_midway(self, timeout: float = 30.0) -> None:
         assert self.midway.wait(timeout), "the other session never got going"

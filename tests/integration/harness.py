@@ -1,18 +1,24 @@
 """Integration-test harness for ftpsgate: real programs on loopback, no mocks.
 
-What lives here:
+What lives here (faultkit.py adds what the fault-injection tests need):
   * ports:        free_port(), free_port_range(n) (for passive ranges);
   * certificates: CertFactory makes a throw-away CA and leaf certificates with
                   the `openssl` command (also expired, not-yet-valid, wrong-name
-                  and wrong-key variants that later issues need);
+                  and wrong-key variants);
   * Vsftpd:       a real vsftpd backend with its own config, port, passive
                   range, log and content; plaintext by default, or serving its
                   own FTPS (tls=True, explicit or implicit) for comparisons;
+                  Site, a Vsftpd whose files are known by size and sha256;
   * Proxy:        writes an ftpsgate INI, runs build/ftpsgate in the foreground,
-                  waits for its listeners, captures stderr, stops it;
+                  waits for its listeners, captures stderr, stops it; probes of
+                  the running proxy (descriptors, passive ports) and its log
+                  lines parsed (parse_log_line(), Proxy.events());
   * clients:      FtpsClient (ftplib.FTP_TLS: explicit/implicit, chosen SNI,
-                  HOST before/after AUTH, peer certificate DER, raw replies),
-                  curl(), lftp() and a raw plaintext control connection.
+                  HOST before/after AUTH, EPSV/EPRT, peer certificate DER, raw
+                  replies), curl(), lftp() and a raw plaintext control connection;
+  * sessions:     connect() and login() through the proxy, retr() and stor()
+                  with sha256, raw data connections (pasv_port(), data_connect(),
+                  wrap_data(), read_all(), finish_tls()), closed_within().
 
 Every wait has a timeout and every process is started in its own process
 group, so a test kills exactly the processes it started (and their children,
@@ -26,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import hashlib
+import io
+import json
 import os
 import pwd
 import random
@@ -34,6 +42,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import threading
@@ -58,6 +67,11 @@ T_START = 10.0     # a server to come up
 T_STOP = 8.0       # a server to exit after SIGTERM
 T_IO = 10.0        # one socket read/connect
 T_CLIENT = 30.0    # one curl/lftp run
+
+PW = "test@example.org"      # any password: vsftpd's anonymous logins take it
+KiB = 1024
+MiB = 1024 * KiB
+BLOCK = 256 * KiB            # one read or write of a transfer
 
 
 class HarnessError(Exception):
@@ -135,16 +149,41 @@ def free_port(host: str = LOOPBACK) -> int:
 def free_port_range(n: int, host: str = LOOPBACK) -> tuple[int, int]:
     """A contiguous range [lo, hi] of n free ports, below the ephemeral range."""
     eph_lo, _ = _ephemeral_range()
-    top = max(2000, eph_lo - n - 1)
+    end = max(12000 + n, eph_lo - 1)
+    # Large ranges (a shared-port backend's 300, the soak's 200) come from the
+    # top 6,000 ports, small ones from below: a long run scatters hundreds of
+    # small ranges at random, which would leave no wide gap anywhere.
+    split = max(11000, end - 6000)
+    base, top = (split, end - n) if n >= 100 else (10000, split - n)
+
+    def take(lo: int) -> Optional[tuple[int, int]]:
+        ports = range(lo, lo + n)
+        if any(p in _given for p in ports):
+            return None
+        if all(_port_is_free(p, host) for p in ports):
+            _given.update(ports)
+            return lo, lo + n - 1
+        return None
+
     with _given_lock:
-        for _ in range(200):
-            lo = _rng.randrange(10000, top)
-            ports = range(lo, lo + n)
-            if any(p in _given for p in ports):
+        for _ in range(200):  # random first: test runs side by side rarely meet
+            got = take(_rng.randrange(base, top))
+            if got:
+                return got
+        # A long suite has handed out much of the space (ports are never
+        # given twice): walk it for a window nobody has, from a random start.
+        lo = _rng.randrange(base, top)
+        for _ in range(2 * (top - base)):
+            if lo > top:
+                lo = base
+            given = [p for p in range(lo, lo + n) if p in _given]
+            if given:
+                lo = given[-1] + 1
                 continue
-            if all(_port_is_free(p, host) for p in ports):
-                _given.update(ports)
-                return lo, lo + n - 1
+            got = take(lo)
+            if got:
+                return got
+            lo += 1
     raise HarnessError(f"no free range of {n} ports found")
 
 
@@ -538,7 +577,7 @@ class Vsftpd(_Process):
         self.require_ssl_reuse = require_ssl_reuse
         content = SITE_CONTENT.get(name, {"files": {f"{name}-only.txt": f"{name}\n".encode()},
                                           "dirs": []})
-        self.files = dict(content["files"] if files is None else files)
+        self.content = dict(content["files"] if files is None else files)
         self.dirs = list(content["dirs"] if dirs is None else dirs)
         self.extra = dict(extra or {})
         self.proc: Optional[subprocess.Popen] = None
@@ -556,7 +595,7 @@ class Vsftpd(_Process):
         for d in self.dirs:
             (self.root / d).mkdir(parents=True, exist_ok=True)
             os.chmod(self.root / d, 0o755)
-        for rel, data in self.files.items():
+        for rel, data in self.content.items():
             p = self.root / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
@@ -696,6 +735,62 @@ class Vsftpd(_Process):
 
     def connects_since(self, mark: int) -> int:
         return self.log_text()[mark:].count("CONNECT: Client")
+
+    def session_procs(self) -> set[int]:
+        """vsftpd's session processes (descendants of the listener)."""
+        return descendants(self.proc.pid) if self.proc else set()
+
+
+@dataclass
+class SiteFile:
+    """A file of a Site: its path below the root (no leading /), size, sha256."""
+    name: str
+    size: int
+    sha: str
+
+
+class Site(Vsftpd):
+    """A vsftpd whose files are known by size and sha256: files[name] is a
+    SiteFile. Random files of `sizes` are made at start(); the files= content
+    is known too; link() adds a file made once per run (a hard link: no copy
+    of 64 MiB). `hostnames` are the site's names in section()."""
+
+    def __init__(self, workdir: Path, name: str, hostnames: Iterable[str], *,
+                 sizes: Optional[dict] = None, pasv_ports: int = 20,
+                 pasv_range: Optional[tuple[int, int]] = None, files: Optional[dict] = None,
+                 dirs: Optional[list] = None, **kw):
+        super().__init__(workdir, name, pasv_ports=pasv_ports, files=files or {},
+                         dirs=dirs or [], **kw)
+        if pasv_range is not None:           # a range reserved earlier
+            self.pasv_min, self.pasv_max = pasv_range
+        self.hostnames = list(hostnames)
+        self.sizes = dict(sizes or {})
+        self.files: dict[str, SiteFile] = {
+            rel: SiteFile(rel, len(data), hashlib.sha256(data).hexdigest())
+            for rel, data in self.content.items()}
+
+    def start(self, timeout: float = T_START) -> "Site":
+        super().start(timeout)
+        for name, size in self.sizes.items():
+            self.files[name] = SiteFile(name, size, random_file(self.root / name, size))
+        return self
+
+    def link(self, name: str, src: Path, sha: str) -> SiteFile:
+        """Puts src (sha256 `sha`) at /name: a hard link, else a copy."""
+        dest = self.root / name
+        if dest.exists():
+            dest.unlink()
+        try:
+            os.link(src, dest)
+        except OSError:
+            shutil.copyfile(src, dest)
+        os.chmod(dest, 0o644)
+        self.files[name] = SiteFile(name, dest.stat().st_size, sha)
+        return self.files[name]
+
+    def section(self, **extra) -> dict:
+        """Its [backend:NAME] section (cert=, max_sessions=, ...)."""
+        return backend_section(self, self.hostnames, **extra)
 
 
 # --------------------------------------------------------------------------
@@ -922,10 +1017,103 @@ class Proxy(_Process):
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def fd_list(self) -> list[str]:
+        """The proxy's open descriptors, "N -> target", for messages."""
+        out = []
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{self.pid}/fd"):
+                with contextlib.suppress(OSError):
+                    out.append(f"{fd} -> {os.readlink(f'/proc/{self.pid}/fd/{fd}')}")
+        return sorted(out, key=lambda x: int(x.split()[0]))
+
+    def wait_fds_back(self, base: int, timeout: float = 10.0) -> None:
+        """Waits until the proxy holds at most `base` descriptors (its count
+        at rest, taken earlier); AssertionError naming them if it does not."""
+        try:
+            wait_until(lambda: self.fd_count() <= base, timeout, interval=0.1,
+                       what=f"the proxy's descriptors back to {base}")
+        except TimeoutError:
+            raise AssertionError(f"proxy holds {self.fd_count()} descriptors after "
+                                 f"{timeout:.0f}s, {base} before:\n" + "\n".join(self.fd_list()))
+
+    def passive_ports(self) -> range:
+        """The configured passive_ports range."""
+        lo, hi = (int(x) for x in str(self.opts["passive_ports"]).split("-"))
+        return range(lo, hi + 1)
+
+    def pool_ports_busy(self) -> list[int]:
+        """Ports of the passive range that something listens on now."""
+        listening = _listening_ports()
+        return [port for port in self.passive_ports() if port in listening]
+
+    def wait_pool_free(self, timeout: float = 10.0) -> None:
+        try:
+            wait_until(lambda: not self.pool_ports_busy(), timeout, interval=0.1,
+                       what="every passive port closed")
+        except TimeoutError:
+            raise AssertionError(f"passive ports still listening after {timeout:.0f}s: "
+                                 f"{self.pool_ports_busy()}")
+
+    def log_lines(self, mark: int, *words: str) -> list[str]:
+        """Lines of the log since `mark` that contain every word."""
+        return [l for l in self.log_since(mark).splitlines() if all(w in l for w in words)]
+
+    def events(self, mark: int = 0) -> list[dict]:
+        """The log lines since `mark` as dicts (parse_log_line: JSON or
+        key=value text); lines that are not log lines (a sanitizer's report)
+        are left out, a malformed log line raises ValueError."""
+        lines = self.log_since(mark).split("\n")[:-1]   # not a line still being written
+        return [parse_log_line(l) for l in lines if l.startswith("{") or _LOG_TIME.match(l)]
+
     def sanitizer_reports(self) -> list[str]:
         """Lines from ASan/UBSan/LSan in the log (sanitizer builds)."""
         return [l for l in self.log_text().splitlines()
                 if "Sanitizer" in l or "runtime error:" in l]
+
+
+# --------------------------------------------------------------------------
+# The proxy's log lines
+# --------------------------------------------------------------------------
+
+# Text format: TIME LEVEL key=value ..., a value bare (printable ASCII but
+# space, '"', '=' and backslash) or quoted, with \" \\ and \xHH escapes.
+_LOG_TIME = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+Z ")
+_LOG_FIELD = r' ([a-z0-9_]+)=("(?:[ !#-\[\]-~]|\\["\\]|\\x[0-9a-f]{2})*"|[!#-<>-\[\]-~]+)'
+_LOG_TEXT = re.compile(r"(\S+) (error|warn|info|debug)((?:" + _LOG_FIELD + r")*)")
+_LOG_ESC = re.compile(rb'\\x([0-9a-f]{2})|\\(["\\])')
+
+
+def _log_bytes_text(b: bytes) -> str:
+    """A logged value's bytes as text: UTF-8, undecodable bytes kept as
+    surrogates (they come from the network)."""
+    return b.decode("utf-8", "surrogateescape")
+
+
+def parse_log_line(line: str) -> dict:
+    """One line of the proxy's log as a dict, strictly: ValueError unless it
+    is a whole JSON object (log_format = json) or a whole key=value line
+    (text). Values are unescaped to the bytes the proxy got, read as UTF-8:
+    in JSON each \\u00XX stands for one byte, in text each \\xXX. In text,
+    "time" and "level" are the first two words; in JSON, sid is a number."""
+    if line.startswith("{"):
+        d = json.loads(line)
+        if not isinstance(d, dict):
+            raise ValueError(f"not a JSON object: {line!r}")
+        return {k: _log_bytes_text(v.encode("latin-1")) if isinstance(v, str) else v
+                for k, v in d.items()}
+    m = _LOG_TEXT.fullmatch(line)
+    if not m:
+        raise ValueError(f"not a key=value log line: {line!r}")
+    d = {"time": m.group(1), "level": m.group(2)}
+    for k, v in re.findall(_LOG_FIELD, m.group(3)):
+        if k in d:
+            raise ValueError(f"key {k} twice: {line!r}")
+        if v.startswith('"'):
+            raw = _LOG_ESC.sub(lambda e: bytes([int(e.group(1), 16)]) if e.group(1)
+                               else e.group(2), v[1:-1].encode("ascii"))
+            v = _log_bytes_text(raw)
+        d[k] = v
+    return d
 
 
 # --------------------------------------------------------------------------
@@ -991,7 +1179,8 @@ class FtpsClient(ftplib.FTP_TLS):
     def __init__(self, *, ca: Optional[Cert] = None, verify: bool = True,
                  check_hostname: bool = False, sni: Optional[str] = None,
                  implicit: bool = False, timeout: float = T_IO,
-                 context: Optional[ssl.SSLContext] = None, reuse_session: bool = False):
+                 context: Optional[ssl.SSLContext] = None, reuse_session: bool = False,
+                 epsv: bool = False, eprt: bool = False):
         if context is None:
             context = client_context(ca, verify=verify and ca is not None,
                                      check_hostname=check_hostname and sni is not None)
@@ -999,6 +1188,8 @@ class FtpsClient(ftplib.FTP_TLS):
         self.sni = sni
         self.implicit = implicit
         self.reuse_session = reuse_session
+        self.epsv = epsv        # EPSV/EPRT over IPv4 too (ftplib: only over IPv6)
+        self.eprt = eprt
         self.greeting: Optional[Reply] = None
         self.data_certs: list[bytes] = []
         self.data_session_reused: list[bool] = []
@@ -1048,7 +1239,7 @@ class FtpsClient(ftplib.FTP_TLS):
     def host_cmd(self, name: str) -> Reply:
         return self.cmd(f"HOST {name}")
 
-    def user_pass(self, user: str, password: str = "test@example.org") -> Reply:
+    def user_pass(self, user: str, password: str = PW) -> Reply:
         """USER then (on 331) PASS; returns the last reply. Never raises."""
         r = self.cmd(f"USER {user}")
         if r.code == 331:
@@ -1062,7 +1253,7 @@ class FtpsClient(ftplib.FTP_TLS):
         assert r.code == 200, r
         self._prot_p = True
 
-    def tls_login(self, user: str, password: str = "test@example.org",
+    def tls_login(self, user: str, password: str = PW,
                   prot_p: bool = False) -> Reply:
         """AUTH TLS (unless already TLS), USER/PASS, optionally PBSZ 0 + PROT P."""
         if not isinstance(self.sock, ssl.SSLSocket):
@@ -1108,6 +1299,21 @@ class FtpsClient(ftplib.FTP_TLS):
             return self.sock.version()
         return None
 
+    def makepasv(self):
+        if self.epsv and self.af == socket.AF_INET:
+            return ftplib.parse229(self.sendcmd("EPSV"), self.sock.getpeername())
+        return super().makepasv()
+
+    def makeport(self):
+        if not (self.eprt and self.af == socket.AF_INET):
+            return super().makeport()
+        sock = socket.create_server(("", 0), family=self.af, backlog=1)
+        port = sock.getsockname()[1]
+        host = self.sock.getsockname()[0]
+        self.sendeprt(host, port)
+        sock.settimeout(self.timeout)
+        return sock
+
     def ntransfercmd(self, cmd, rest=None):
         # Same as FTP_TLS.ntransfercmd, plus: optionally resume the control
         # session on the data connection, and record the data peer cert.
@@ -1134,8 +1340,84 @@ class FtpsClient(ftplib.FTP_TLS):
             self.close()
 
 
-def retr_sha(c: ftplib.FTP, path: str, rest: Optional[int] = None,
-             blocksize: int = 1 << 16) -> tuple[str, int, str]:
+def random_file(path: Path, size: int) -> str:
+    """Writes size random bytes to path (readable by every backend); returns
+    their sha256."""
+    hs = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 4 << 20))
+            hs.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    os.chmod(path, 0o644)
+    return hs.hexdigest()
+
+
+def sha_file(path: Path) -> str:
+    hs = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            hs.update(chunk)
+    return hs.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Sessions through the proxy
+# --------------------------------------------------------------------------
+
+def connect(p, certs: CertFactory, *, sni: Optional[str] = None,
+            implicit: bool = False, source: Optional[str] = None, host: Optional[str] = None,
+            port: Optional[int] = None, timeout: float = T_IO,
+            context: Optional[ssl.SSLContext] = None, tls_version=None,
+            check_hostname: Optional[bool] = None, verify: bool = True, reuse: bool = True,
+            epsv: bool = False, eprt: bool = False) -> FtpsClient:
+    """A connected FtpsClient (greeting read; explicit: no TLS yet) to p's
+    explicit or implicit listener (p: a Proxy, or anything with host, port
+    and implicit_port), or to host:port. It checks the chain against the
+    test CA (verify) and, when it sends SNI, the host name too
+    (check_hostname); tls_version pins the version; reuse resumes the
+    control session on data connections (the proxy requires it by default);
+    source is the local address to connect from."""
+    if check_hostname is None:
+        check_hostname = sni is not None
+    if context is None and tls_version is not None:
+        context = client_context(certs.ca if verify else None, verify=verify,
+                                 check_hostname=check_hostname and sni is not None,
+                                 min_version=tls_version, max_version=tls_version)
+    c = FtpsClient(ca=certs.ca if verify else None, verify=verify,
+                   check_hostname=check_hostname, sni=sni, implicit=implicit, timeout=timeout,
+                   context=context, reuse_session=reuse, epsv=epsv, eprt=eprt)
+    if port is None:
+        port = p.implicit_port if implicit else p.port
+    c.connect(host or p.host, port, source_address=(source, 0) if source else None)
+    return c
+
+
+def login(p, certs: CertFactory, user: str, password: str = PW, *,
+          prot_p: bool = True, early_host: Optional[str] = None, **kw) -> FtpsClient:
+    """A logged-in session through the proxy: connect(**kw), HOST early_host
+    before AUTH TLS (if given), AUTH TLS, USER/PASS, and PBSZ 0 + PROT P
+    unless prot_p=False. Closed again if any step fails."""
+    c = connect(p, certs, **kw)
+    try:
+        assert c.greeting.code == 220, c.greeting
+        if early_host:
+            r = c.host_cmd(early_host)
+            assert r.code == 220, r
+        r = c.tls_login(user, password)
+        assert r.code == 230, f"login as {user}: {r}"
+        if prot_p:
+            c.protect()
+    except BaseException:
+        c.close_quietly()
+        raise
+    return c
+
+
+def retr(c: ftplib.FTP, path: str, rest: Optional[int] = None,
+         blocksize: int = BLOCK) -> tuple[str, int, str]:
     """RETR through ftplib, hashing on the fly: (sha256, bytes, final reply)."""
     hs = hashlib.sha256()
     n = 0
@@ -1147,6 +1429,85 @@ def retr_sha(c: ftplib.FTP, path: str, rest: Optional[int] = None,
 
     resp = c.retrbinary(f"RETR {path}", cb, blocksize=blocksize, rest=rest)
     return hs.hexdigest(), n, resp
+
+
+def retr_bytes(c: ftplib.FTP, path: str) -> bytes:
+    """The content of a small file."""
+    buf = bytearray()
+    c.retrbinary(f"RETR {path}", buf.extend)
+    return bytes(buf)
+
+
+def stor(c: ftplib.FTP, path: str, data, cmd: str = "STOR") -> str:
+    """STOR (or APPE, STOU) of bytes or of an open file; the final reply."""
+    f = data if hasattr(data, "read") else io.BytesIO(data)
+    return c.storbinary(f"{cmd} {path}", f, blocksize=BLOCK)
+
+
+def pasv_port(c: FtpsClient) -> int:
+    r = c.cmd("PASV")
+    assert r.code == 227, r
+    return ftplib.parse227(r.text)[1]
+
+
+def epsv_port(c: FtpsClient) -> int:
+    r = c.cmd("EPSV")
+    assert r.code == 229, r
+    return ftplib.parse229(r.text, ("x", 0))[1]
+
+
+def data_connect(c: FtpsClient, port: int, source=None) -> socket.socket:
+    """A raw data connection to `port` of c's server (no TLS yet)."""
+    return socket.create_connection((c.sock.getpeername()[0], port), T_IO,
+                                    source_address=source)
+
+
+def wrap_data(c: FtpsClient, conn: socket.socket, session="control") -> ssl.SSLSocket:
+    """TLS client on a data connection; session='control' resumes the control
+    session, None offers none, or an ssl.SSLSession of our choosing."""
+    s = c.sock.session if session == "control" else session
+    return c.context.wrap_socket(conn, server_hostname=c.host, session=s)
+
+
+def read_all(conn, limit: Optional[int] = None, hs=None) -> int:
+    """Read to EOF (or `limit` bytes), hashing into hs if given; the count."""
+    n = 0
+    while limit is None or n < limit:
+        b = conn.recv(BLOCK if limit is None else min(BLOCK, limit - n))
+        if not b:
+            break
+        if hs is not None:
+            hs.update(b)
+        n += len(b)
+    return n
+
+
+def finish_tls(conn) -> None:
+    """close_notify both ways, then close (what ftplib does)."""
+    with contextlib.suppress(OSError, ValueError):
+        if isinstance(conn, ssl.SSLSocket):
+            conn = conn.unwrap()
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+def closed_within(sock: socket.socket, timeout: float) -> tuple[bool, bytes]:
+    """(True, bytes read) if the peer closes (EOF or reset) within timeout,
+    else (False, bytes read)."""
+    deadline = time.monotonic() + timeout
+    got = b""
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            b = sock.recv(65536)
+            if not b:
+                return True, got
+            got += b
+    except socket.timeout:
+        return False, got
+    except (ConnectionError, OSError, ssl.SSLError):
+        return True, got
+    return False, got
 
 
 @contextlib.contextmanager
@@ -1232,7 +1593,7 @@ def feat_has(reply: Reply, feature: str) -> bool:
 # --------------------------------------------------------------------------
 
 def curl(port: int, path: str = "/", *, user: Optional[str] = None,
-         password: str = "test@example.org", sni: Optional[str] = None,
+         password: str = PW, sni: Optional[str] = None,
          implicit: bool = False, ca: Optional[Cert] = None, head: bool = False,
          host: str = LOOPBACK, extra: Iterable[str] = (), tls: bool = True,
          timeout: float = T_CLIENT) -> subprocess.CompletedProcess:
@@ -1274,7 +1635,7 @@ def content_length(r: subprocess.CompletedProcess) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def lftp(port: int, commands: Iterable[str], *, user: str, password: str = "test@example.org",
+def lftp(port: int, commands: Iterable[str], *, user: str, password: str = PW,
          host: str = LOOPBACK, implicit: bool = False, ca: Optional[Cert] = None,
          check_hostname: bool = True, workdir: Optional[Path] = None,
          settings: Iterable[str] = (), tls: bool = True,
@@ -1313,9 +1674,117 @@ def lftp(port: int, commands: Iterable[str], *, user: str, password: str = "test
     return run(["lftp", "-d", "-f", str(f)], timeout=timeout, env=env, cwd=str(d))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m|\x00")
+
+
+def gftp(port: int, commands: Iterable[str], *, user: str, workdir: Path,
+         password: str = PW, host: str = "localhost", ca: Optional[Cert] = None,
+         settings: Iterable[str] = (), timeout: float = T_CLIENT) -> subprocess.CompletedProcess:
+    """gftp-text (Debian's gftp-text 2.9.1b) over explicit FTPS: ftps:// is
+    AUTH TLS, PBSZ 0, PROT P, and the data connections resume the control
+    session. The commands go to its standard input (`ls`, `cd DIR`, `get
+    NAME` into workdir, `put NAME` from workdir: names, not paths); its
+    output comes back without its colours. It exits 0 whatever happened, so
+    callers check files and output.
+
+    With ca, the peer is verified: gftp trusts OpenSSL's default paths
+    (SSL_CERT_FILE points them at the test CA) and compares the host name
+    with the certificate's DNS names only, so host is `localhost`, a name
+    the central certificate has. No retries, short timeouts, no chmod or
+    time preserving after transfers, no listing cache; HOME is workdir."""
+    script = [f"set verify_ssl_peer={1 if ca else 0}", "set retries=1", "set sleep_time=1",
+              "set network_timeout=8", "set preserve_permissions=0", "set preserve_time=0",
+              "set cache_ttl=0", *settings,
+              f"open ftps://{user}:{password}@{host}:{port}/", *commands, "quit"]
+    env = dict(os.environ, HOME=str(workdir))
+    if ca:
+        env["SSL_CERT_FILE"] = str(ca.cert)
+    r = run(["gftp-text"], input=("\n".join(script) + "\n").encode(), env=env,
+            cwd=str(workdir), timeout=timeout)
+    r.stdout, r.stderr = _ANSI.sub("", r.stdout), _ANSI.sub("", r.stderr)
+    return r
+
+
 def lftp_sent(r: subprocess.CompletedProcess) -> list[str]:
     """Commands lftp sent, from its debug output ('---> CMD')."""
     return [l.split("---> ", 1)[1].strip() for l in r.stderr.splitlines() if "---> " in l]
+
+
+# --------------------------------------------------------------------------
+# Raw TLS records
+# --------------------------------------------------------------------------
+
+TLS_HANDSHAKE, TLS_ALERT, TLS_APPLICATION_DATA = 22, 21, 23
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        b = sock.recv(n - len(got))
+        if not b:
+            raise EOFError(f"connection closed after {len(got)} of {n} bytes")
+        got += b
+    return got
+
+
+def read_tls_record(sock: socket.socket) -> tuple[int, int, bytes]:
+    """One whole TLS record from a raw socket: (content type, version, payload)."""
+    header = recv_exactly(sock, 5)
+    typ, version, length = struct.unpack("!BHH", header)
+    return typ, version, recv_exactly(sock, length)
+
+
+class RecordClient:
+    """A TLS client that does its own record framing on a raw socket: each
+    record the server sends is read whole and fed alone to an ssl.SSLObject
+    (memory BIOs), so the caller learns which record carried which bytes.
+    (TLS 1.3 sends its tickets as application data records too: a record
+    that decrypts to nothing is not counted.)"""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext,
+                 server_hostname: Optional[str] = None):
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_hostname)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._feed_one()
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _feed_one(self) -> int:
+        typ, version, payload = read_tls_record(self.sock)
+        self.incoming.write(struct.pack("!BHH", typ, version, len(payload)) + payload)
+        return typ
+
+    def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        self._flush()
+
+    def record(self) -> bytes:
+        """The plaintext of the next record that carries any."""
+        while True:
+            self._feed_one()
+            got = b""
+            while True:
+                try:
+                    chunk = self.obj.read(1 << 16)
+                except ssl.SSLWantReadError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+            self._flush()        # what reading produced (a key update's answer)
+            if got:
+                return got
 
 
 # --------------------------------------------------------------------------

@@ -35,9 +35,8 @@ import pytest
 
 import harness as h
 from conftest import ALPHA_HOSTS, BETA_HOSTS
-from harness import Cert, FtpsClient, backend_section
+from harness import Cert, backend_section
 
-PW = "test@example.org"
 CONTENT = {"alpha": b"alpha only\n", "beta": b"this file is only on beta\n"}
 # DER of the SubjectPublicKeyInfo algorithm OIDs: which key a certificate has.
 OID_EC = bytes.fromhex("2a8648ce3d0201")           # id-ecPublicKey
@@ -175,33 +174,6 @@ def sighup_and_wait(p: h.Proxy, outcome: str = "reloaded") -> str:
     return p.log_since(mark)
 
 
-def connect(p: h.Proxy, certs, *, sni=None, port=None, implicit=False,
-            tls_version=None, reuse_session=True) -> FtpsClient:
-    """A connected FtpsClient that verifies the chain against the test CA and,
-    when it sends SNI, the host name too; it resumes the control session on
-    data connections (the proxy requires it by default)."""
-    ctx = h.client_context(certs.ca, check_hostname=sni is not None)
-    if tls_version is not None:
-        ctx.minimum_version = ctx.maximum_version = tls_version
-    c = FtpsClient(context=ctx, sni=sni, implicit=implicit, reuse_session=reuse_session)
-    if port is None:
-        port = p.implicit_port if implicit else p.port
-    c.connect(h.LOOPBACK, port)
-    return c
-
-
-def login(c: FtpsClient, user: str = "anonymous") -> None:
-    """AUTH TLS (unless implicit), USER/PASS, PBSZ 0 + PROT P."""
-    r = c.tls_login(user, PW, prot_p=True)
-    assert r.code == 230, f"login as {user}: {r}"
-
-
-def retr(c: FtpsClient, path: str) -> bytes:
-    buf = bytearray()
-    c.retrbinary(f"RETR {path}", buf.extend)
-    return bytes(buf)
-
-
 def listen_inode(port: int) -> int | None:
     """Inode of the socket listening on 127.0.0.1:port (from /proc/net/tcp):
     the same number before and after a reload means the very same socket
@@ -273,6 +245,9 @@ def xc(certs):
                                              startdate="20200101000000Z",
                                              enddate="20210101000000Z"),
         "central_soon": cert_like_central(certs, "t4-central-soon", days=10),
+        "central_future": cert_like_central(certs, "t4-central-future",
+                                            startdate="20400101000000Z",
+                                            enddate="20410101000000Z"),
         "self_signed": make_self_signed(certs, "t4-alpha-selfsigned", "ftp.alpha.test",
                                         ALPHA_HOSTS),
         "alpha_ftp_only": certs.make("t4-alpha-ftp-only", "ftp.alpha.test",
@@ -350,63 +325,74 @@ def test_check_report_names_every_certificate_listener_and_host(make_proxy, alph
 
 
 # --------------------------------------------------------------------------
-# ftpsgate -t: each error (exit 1)
+# ftpsgate -t: configuration errors (exit 1), site errors (exit 3), and
+# warnings for chains (DESIGN.md, "Certificates")
 # --------------------------------------------------------------------------
 
 # case -> what differs from the good configuration, and `words`: what ONE
-# `error:` line must hold. alpha_cert: "x:NAME" (an extra certificate from
+# finding line must hold. alpha_cert: "x:NAME" (an extra certificate from
 # xc), "mismatch" (alpha's certificate with another key), ("cert"|"key",
 # PATH) (alpha's pair with that part replaced); proxy_cert: "x:NAME" as the
-# central one; alpha_hosts/beta_hosts; proxy: [proxy] overrides. In strings,
+# central one, ("cert"|"key", PATH) the central pair with that part
+# replaced; alpha_hosts/beta_hosts; proxy: [proxy] overrides. In strings,
 # {a}/{b}/{central} are the usual certificates' files, {x:NAME} an extra
 # one's, {garbage} the non-PEM file, {mismatch_key} the key that fits nothing.
-ERROR_CASES = {
+# `exit`: 1 (a configuration error: -t fails, start-up refuses), 3 (a site
+# error: site alpha is degraded, -t says so, start-up serves every site) or
+# 0 (a warning); `kind`: the finding's prefix.
+CHECK_CASES = {
     "site_certificate_missing": dict(
-        alpha_cert=("cert", "/nonexistent/t4/site.crt"),
+        exit=3, kind="error", alpha_cert=("cert", "/nonexistent/t4/site.crt"),
         words=["/nonexistent/t4/site.crt", "cannot read", "alpha"]),
     "site_certificate_not_pem": dict(
-        alpha_cert=("cert", "{garbage}"),
+        exit=3, kind="error", alpha_cert=("cert", "{garbage}"),
         words=["{garbage}", "site alpha", "no PEM certificate"]),
     "site_key_not_pem": dict(
-        alpha_cert=("key", "{garbage}"),
+        exit=3, kind="error", alpha_cert=("key", "{garbage}"),
         words=["{garbage}", "site alpha", "cannot read the private key"]),
     "site_key_does_not_match": dict(
-        alpha_cert="mismatch",
+        exit=3, kind="error", alpha_cert="mismatch",
         words=["{mismatch_key}", "site alpha", "does not match", "{a}"]),
     "site_expired": dict(
-        alpha_cert="x:expired",
+        exit=3, kind="error", alpha_cert="x:expired",
         words=["{x:expired}", "site alpha", "expired on 2021-01-01"]),
     "site_not_yet_valid": dict(
-        alpha_cert="x:future",
+        exit=3, kind="error", alpha_cert="x:future",
         words=["{x:future}", "site alpha", "not valid yet", "2040-01-01"]),
-    "central_expired": dict(
-        proxy_cert="x:central_expired",
-        words=["{x:central_expired}", "central certificate", "expired on 2021-01-01"]),
     "site_host_not_covered": dict(
-        alpha_cert="x:alpha_ftp_only",
+        exit=3, kind="error", alpha_cert="x:alpha_ftp_only",
         words=["{x:alpha_ftp_only}", "site alpha", "host *.alpha.test",
                "not covered by the site's certificate"]),
     "site_host_not_covered_plain_name": dict(
-        beta_hosts=["ftp.beta.test", "files.beta.test"],
+        exit=3, kind="error", degraded="beta", beta_hosts=["ftp.beta.test", "files.beta.test"],
         words=["{b}", "site beta", "host files.beta.test",
                "not covered by the site's certificate"]),
     # RFC 6125: '*.alpha.test' in a certificate covers one label only.
     "site_wildcard_two_labels_down": dict(
-        alpha_hosts=["ftp.alpha.test", "*.sub.alpha.test"],
+        exit=3, kind="error", alpha_hosts=["ftp.alpha.test", "*.sub.alpha.test"],
         words=["{a}", "site alpha", "host *.sub.alpha.test",
                "not covered by the site's certificate"]),
+    "central_expired": dict(
+        exit=1, kind="error", proxy_cert="x:central_expired",
+        words=["{x:central_expired}", "central certificate", "expired on 2021-01-01"]),
+    "central_not_yet_valid": dict(
+        exit=1, kind="error", proxy_cert="x:central_future",
+        words=["{x:central_future}", "central certificate", "not valid yet"]),
+    "central_key_does_not_match": dict(
+        exit=1, kind="error", proxy_cert=("key", "{mismatch_key}"),
+        words=["{mismatch_key}", "central certificate", "does not match", "{central}"]),
+    "central_certificate_not_pem": dict(
+        exit=1, kind="error", proxy_cert=("cert", "{garbage}"),
+        words=["{garbage}", "central certificate", "no PEM certificate"]),
+    # Private CAs are common and their clients trust them: a warning.
     "site_chain_lacks_intermediate": dict(
-        alpha_cert="x:leaf_no_chain",
+        exit=0, kind="warning", alpha_cert="x:leaf_no_chain",
         words=["{x:leaf_no_chain}", "site alpha", "the chain does not verify"]),
     # Without ca_file the private test CA is in no store.
     "central_chain_unknown_ca": dict(
-        proxy={"ca_file": None},
+        exit=0, kind="warning", proxy={"ca_file": None},
         words=["{central}", "central certificate", "the chain does not verify"]),
 }
-
-
-UNLOADABLE = {"site_certificate_missing", "site_certificate_not_pem", "site_key_not_pem",
-              "site_key_does_not_match"}
 
 
 def _resolve(certs, xc, s: str) -> str:
@@ -420,46 +406,59 @@ def _resolve(certs, xc, s: str) -> str:
     return re.sub(r"\{([^}]+)\}", one, s)
 
 
+def _replaced(certs, xc, base: Cert, spec: tuple) -> Cert:
+    part, path = spec
+    path = Path(_resolve(certs, xc, path))
+    return (Cert("t4-broken", path, base.key) if part == "cert"
+            else Cert("t4-broken", base.cert, path))
+
+
 def _case_args(certs, xc, case: dict) -> dict:
     kw = {}
     ac = case.get("alpha_cert")
     if ac == "mismatch":
         kw["alpha_cert"] = certs.mismatched_key("alpha")
     elif isinstance(ac, tuple):
-        part, path = ac
-        path = Path(_resolve(certs, xc, path))
-        a = certs.alpha()
-        kw["alpha_cert"] = (Cert("t4-broken", path, a.key) if part == "cert"
-                            else Cert("t4-broken", a.cert, path))
+        kw["alpha_cert"] = _replaced(certs, xc, certs.alpha(), ac)
     elif isinstance(ac, str) and ac.startswith("x:"):
         kw["alpha_cert"] = xc[ac[2:]]
     for k in ("alpha_hosts", "beta_hosts"):
         if k in case:
             kw[k] = case[k]
     proxy = dict(case.get("proxy", {}))
-    if "proxy_cert" in case:
-        c = xc[case["proxy_cert"][2:]]
+    pc = case.get("proxy_cert")
+    if isinstance(pc, tuple):
+        c = _replaced(certs, xc, certs.central(), pc)
+        proxy.update(certificate=str(c.cert), private_key=str(c.key))
+    elif pc is not None:
+        c = xc[pc[2:]]
         proxy.update(certificate=str(c.cert), private_key=str(c.key))
     kw["proxy"] = proxy or None
     return kw
 
 
-@pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_check_error(make_proxy, alpha, beta, certs, xc, case):
-    spec = ERROR_CASES[case]
+@pytest.mark.parametrize("case", list(CHECK_CASES))
+def test_check_finding(make_proxy, alpha, beta, certs, xc, case):
+    spec = CHECK_CASES[case]
     p, r = run_check(make_proxy, alpha, beta, certs, **_case_args(certs, xc, spec))
-    assert r.returncode == 1, f"{case}: exit {r.returncode}, expected 1:\n{out_of(r)}"
+    assert r.returncode == spec["exit"], \
+        f"{case}: exit {r.returncode}, expected {spec['exit']}:\n{out_of(r)}"
     words = [_resolve(certs, xc, w) for w in spec["words"]]
-    finding_with(r, "error", *words)
+    finding_with(r, spec["kind"], *words)
     errors, _, last = summary(r)
-    assert errors >= 1 and "cannot serve" in last and str(p.conf_path) in last, last
+    assert str(p.conf_path) in last, last
     assert_counts_match(r)
-    # What cannot be loaded at all also refuses to start (exit 1). What loads
-    # but is wrong for a site (dates, names, chain) is logged at start-up and
-    # the other sites serve: test_expired_site_certificate_at_startup_...
-    if case in UNLOADABLE:
+    if spec["exit"] == 1:
+        assert errors >= 1 and "cannot serve" in last, last
+        # A configuration error refuses to start, as -t said.
         s = h.run([str(h.PROXY_BIN), "-c", str(p.conf_path)], timeout=10)
         assert s.returncode == 1, f"{case}: start-up exit {s.returncode}:\n{out_of(s)}"
+    elif spec["exit"] == 3:
+        site = spec.get("degraded", "alpha")
+        assert errors >= 1 and "can serve" in last and "cannot" not in last, last
+        assert re.search(rf"1 site degraded \({site}\)", last), last
+    else:
+        assert errors == 0 and last.endswith("the configuration can serve"), last
 
 
 def test_check_intermediate_appended_is_ok(make_proxy, alpha, beta, certs, xc):
@@ -478,7 +477,7 @@ def test_check_date_problem_is_reported_once(make_proxy, alpha, beta, certs, xc,
     fix a chain that is not broken ("put the intermediate certificates after
     the leaf")."""
     p, r = run_check(make_proxy, alpha, beta, certs, alpha_cert=xc[which])
-    assert r.returncode == 1, out_of(r)
+    assert r.returncode == 3, out_of(r)
     errs = findings(r, "error")
     assert len(errs) == 1, "expected exactly one error:\n" + "\n".join(errs)
 
@@ -542,11 +541,11 @@ def test_check_warning_site_without_certificate_not_covered_by_central(
 
 
 def test_check_warnings_and_errors_together(make_proxy, alpha, beta, certs, xc):
-    """One pass reports everything: a warning on one site and an error on
-    the other, exit 1, both counted."""
+    """One pass reports everything: a warning on one site and a site error
+    on the other (exit 3: it can serve, beta degraded), both counted."""
     p, r = run_check(make_proxy, alpha, beta, certs, alpha_cert=xc["soon"],
                      beta_cert=certs.mismatched_key("beta"))
-    assert r.returncode == 1, out_of(r)
+    assert r.returncode == 3, out_of(r)
     finding_with(r, "warning", "site alpha", "expires on")
     finding_with(r, "error", "site beta", "does not match")
     assert_counts_match(r)
@@ -568,16 +567,15 @@ def test_site_certificate_on_control_and_data(proxy, certs, site, name, oid, how
                                               proxy_log_on_failure):
     want = getattr(certs, site)()
     assert oid in want.der, "the test certificate has not the key type the test is about"
-    c = connect(proxy, certs, sni=name if how == "sni" else None,
+    # Routed by the SNI name or the HOST: no host part in USER.
+    c = h.login(proxy, certs, "anonymous", sni=name if how == "sni" else None,
+                early_host=name if how == "early_host" else None,
                 tls_version=TLS_VERSIONS[tls])
     try:
-        if how == "early_host":
-            assert c.host_cmd(name).code == 220
-        login(c)      # routed by the SNI name or the HOST: no host part in USER
         assert c.tls_version() == {"tls1.2": "TLSv1.2", "tls1.3": "TLSv1.3"}[tls]
         assert c.peer_cert_der() == want.der, "control connection: not the site's certificate"
-        assert retr(c, f"/{site}-only.txt") == CONTENT[site]
-        assert retr(c, f"/{site}-only.txt") == CONTENT[site]
+        assert h.retr_bytes(c, f"/{site}-only.txt") == CONTENT[site]
+        assert h.retr_bytes(c, f"/{site}-only.txt") == CONTENT[site]
         assert c.data_certs == [want.der, want.der], \
             "data connections must show the control connection's certificate"
         assert all(c.data_session_reused), c.data_session_reused
@@ -586,22 +584,20 @@ def test_site_certificate_on_control_and_data(proxy, certs, site, name, oid, how
 
 
 def test_no_name_gets_central_on_control_and_data(proxy, certs, proxy_log_on_failure):
-    c = connect(proxy, certs)
+    c = h.login(proxy, certs, "ftp.beta.test|anonymous")
     try:
-        login(c, "ftp.beta.test|anonymous")
         assert c.peer_cert_der() == certs.central().der
-        assert retr(c, "/beta-only.txt") == CONTENT["beta"]
+        assert h.retr_bytes(c, "/beta-only.txt") == CONTENT["beta"]
         assert c.data_certs == [certs.central().der]
     finally:
         c.close_quietly()
 
 
 def test_sni_selection_implicit_listener(proxy, certs, proxy_log_on_failure):
-    c = connect(proxy, certs, sni="www.alpha.test", implicit=True)
+    c = h.login(proxy, certs, "anonymous", sni="www.alpha.test", implicit=True)
     try:
-        login(c)
         assert c.peer_cert_der() == certs.alpha().der
-        assert retr(c, "/alpha-only.txt") == CONTENT["alpha"]
+        assert h.retr_bytes(c, "/alpha-only.txt") == CONTENT["alpha"]
         assert c.data_certs == [certs.alpha().der]
     finally:
         c.close_quietly()
@@ -621,20 +617,18 @@ def test_expired_site_certificate_at_startup_is_logged_and_others_serve(
     assert re.search(r"^\S+ error ev=certificate_check .*"
                      + re.escape(str(expired.cert)) + r": site alpha: expired on", log, re.M), log
     # Beta, by SNI: its own certificate, on control and data.
-    c = connect(p, certs, sni="ftp.beta.test")
+    c = h.login(p, certs, "anonymous", sni="ftp.beta.test")
     try:
-        login(c)
         assert c.peer_cert_der() == certs.beta().der
-        assert retr(c, "/beta-only.txt") == CONTENT["beta"]
+        assert h.retr_bytes(c, "/beta-only.txt") == CONTENT["beta"]
         assert c.data_certs == [certs.beta().der]
     finally:
         c.close_quietly()
     # Alpha itself through the central certificate (USER host|user).
-    c = connect(p, certs)
+    c = h.login(p, certs, "ftp.alpha.test|anonymous")
     try:
-        login(c, "ftp.alpha.test|anonymous")
         assert c.peer_cert_der() == certs.central().der
-        assert retr(c, "/alpha-only.txt") == CONTENT["alpha"]
+        assert h.retr_bytes(c, "/alpha-only.txt") == CONTENT["alpha"]
     finally:
         c.close_quietly()
 
@@ -648,9 +642,8 @@ def test_reload_logs_certificate_findings_and_applies(make_proxy, alpha, beta, c
     p.write_config()
     log = sighup_and_wait(p)
     assert re.search(r"^\S+ error ev=certificate_check .*site alpha: expired on", log, re.M), log
-    c = connect(p, certs, sni="ftp.beta.test")
+    c = h.login(p, certs, "anonymous", sni="ftp.beta.test")
     try:
-        login(c)
         assert c.peer_cert_der() == certs.beta().der
     finally:
         c.close_quietly()
@@ -663,28 +656,26 @@ def test_sighup_replaces_central_certificate_open_session_keeps_old(
     assert new.der != old.der
     p = make_proxy()
     wait_started(p)
-    a = connect(p, certs)
+    a = h.login(p, certs, "ftp.alpha.test|anonymous")
     try:
-        login(a, "ftp.alpha.test|anonymous")
         assert a.peer_cert_der() == old.der
-        assert retr(a, "/alpha-only.txt") == CONTENT["alpha"]
+        assert h.retr_bytes(a, "/alpha-only.txt") == CONTENT["alpha"]
         # Point the configuration at the new central certificate; SIGHUP.
         p.opts.update(certificate=str(new.cert), private_key=str(new.key))
         p.write_config()
         sighup_and_wait(p)
         # A new session gets the new certificate, on control and data.
-        b = connect(p, certs)
+        b = h.login(p, certs, "ftp.beta.test|anonymous")
         try:
-            login(b, "ftp.beta.test|anonymous")
             assert b.peer_cert_der() == new.der, "a new session must see the new certificate"
-            assert retr(b, "/beta-only.txt") == CONTENT["beta"]
+            assert h.retr_bytes(b, "/beta-only.txt") == CONTENT["beta"]
             assert b.data_certs == [new.der]
         finally:
             b.close_quietly()
         # The session opened before the reload still transfers, and its data
         # connection still shows the certificate of its control connection.
         assert a.cmd("NOOP").code == 200
-        assert retr(a, "/alpha-only.txt") == CONTENT["alpha"]
+        assert h.retr_bytes(a, "/alpha-only.txt") == CONTENT["alpha"]
         assert a.data_certs == [old.der, old.der], "data certificate changed under the session"
         assert all(a.data_session_reused), a.data_session_reused
         assert a.cmd("SIZE /alpha-only.txt").code == 213
@@ -713,11 +704,10 @@ def test_reload_that_cannot_load_keeps_old_configuration(make_proxy, certs, brea
     assert "ev=reloaded" not in log, log
     assert p.alive()
     for port, implicit in ((p.port, False), (p.implicit_port, True)):
-        c = connect(p, certs, implicit=implicit)
+        c = h.login(p, certs, "ftp.alpha.test|anonymous", implicit=implicit)
         try:
-            login(c, "ftp.alpha.test|anonymous")
             assert c.peer_cert_der() == old.der, "the failed reload changed the certificate"
-            assert retr(c, "/alpha-only.txt") == CONTENT["alpha"]
+            assert h.retr_bytes(c, "/alpha-only.txt") == CONTENT["alpha"]
             assert c.data_certs == [old.der]
         finally:
             c.close_quietly()
@@ -726,9 +716,8 @@ def test_reload_that_cannot_load_keeps_old_configuration(make_proxy, certs, brea
     p.opts.update(certificate=str(new.cert), private_key=str(new.key))
     p.write_config()
     sighup_and_wait(p)
-    c = connect(p, certs)
+    c = h.login(p, certs, "ftp.alpha.test|anonymous")
     try:
-        login(c, "ftp.alpha.test|anonymous")
         assert c.peer_cert_der() == new.der
     finally:
         c.close_quietly()
@@ -742,10 +731,9 @@ def test_reload_adds_and_removes_listeners(make_proxy, certs):
     inode = listen_inode(stay)
     assert inode is not None and h.is_listening(gone)
     # A session through the listener that goes away.
-    s = connect(p, certs, port=gone)
+    s = h.login(p, certs, "ftp.alpha.test|anonymous", port=gone)
     try:
-        login(s, "ftp.alpha.test|anonymous")
-        assert retr(s, "/alpha-only.txt") == CONTENT["alpha"]
+        assert h.retr_bytes(s, "/alpha-only.txt") == CONTENT["alpha"]
         with Hammer(stay) as hammer:
             hammer.wait_more(3)
             p.opts["listen"] = f"127.0.0.1:{stay}, 127.0.0.1:{added}"
@@ -769,16 +757,15 @@ def test_reload_adds_and_removes_listeners(make_proxy, certs):
             socket.create_connection((h.LOOPBACK, gone), timeout=3).close()
         for port, implicit, sni in ((added, False, "ftp.beta.test"),
                                     (added_implicit, True, "ftp.beta.test")):
-            c = connect(p, certs, port=port, implicit=implicit, sni=sni)
+            c = h.login(p, certs, "anonymous", port=port, implicit=implicit, sni=sni)
             try:
-                login(c)
                 assert c.peer_cert_der() == certs.beta().der
-                assert retr(c, "/beta-only.txt") == CONTENT["beta"]
+                assert h.retr_bytes(c, "/beta-only.txt") == CONTENT["beta"]
             finally:
                 c.close_quietly()
         # The session that came through the removed listener goes on.
         assert s.cmd("NOOP").code == 200
-        assert retr(s, "/alpha-only.txt") == CONTENT["alpha"]
+        assert h.retr_bytes(s, "/alpha-only.txt") == CONTENT["alpha"]
         assert s.data_certs == [certs.central().der] * 2
     finally:
         s.close_quietly()
@@ -833,9 +820,8 @@ def test_certificate_changed_on_disk_is_picked_up(make_proxy, alpha, beta, certs
     p = make_proxy(backends={"alpha": backend_section(alpha, ALPHA_HOSTS, live),
                              "beta": backend_section(beta, BETA_HOSTS, certs.beta())})
     wait_started(p)
-    a = connect(p, certs, sni="ftp.alpha.test")
+    a = h.login(p, certs, "anonymous", sni="ftp.alpha.test")
     try:
-        login(a)
         assert a.peer_cert_der() == old.der
         mark = p.log_mark()
         # certbot-like: the key first, the certificate a moment later (under
@@ -847,21 +833,20 @@ def test_certificate_changed_on_disk_is_picked_up(make_proxy, alpha, beta, certs
             put(live.key, new.key.read_bytes())
             time.sleep(0.4)
             put(live.cert, new.cert.read_bytes())
-        p.wait_log(r'ev=reloaded trigger="certificate files changed"', mark, timeout=T_WATCH)
+        p.wait_log(r'ev=reloaded trigger="files changed"', mark, timeout=T_WATCH)
         log = p.log_since(mark)
         assert "reload_failed" not in log, \
             "the key was loaded without its certificate (no debounce):\n" + log
         assert "ev=certificate_check" not in log, log
-        c = connect(p, certs, sni="ftp.alpha.test")
+        c = h.login(p, certs, "anonymous", sni="ftp.alpha.test")
         try:
-            login(c)
             assert c.peer_cert_der() == new.der, "the renewed certificate is not served"
-            assert retr(c, "/alpha-only.txt") == CONTENT["alpha"]
+            assert h.retr_bytes(c, "/alpha-only.txt") == CONTENT["alpha"]
             assert c.data_certs == [new.der]
         finally:
             c.close_quietly()
         # The session from before keeps its certificate on new data connections.
-        assert retr(a, "/alpha-only.txt") == CONTENT["alpha"]
+        assert h.retr_bytes(a, "/alpha-only.txt") == CONTENT["alpha"]
         assert a.data_certs == [old.der]
     finally:
         a.close_quietly()

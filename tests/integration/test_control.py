@@ -24,9 +24,8 @@ import pytest
 
 import harness as h
 from conftest import ALPHA_HOSTS, BETA_HOSTS, default_backends
-from harness import FtpsClient, PlainControl, Vsftpd, backend_section
+from harness import PW, FtpsClient, PlainControl, Vsftpd, backend_section
 
-PW = "test@example.org"
 ALPHA_SIZE = 11
 BETA_SIZE = 26
 # Features the proxy adds after login, and its own list before login.
@@ -37,19 +36,6 @@ PROXY_FEAT_BEFORE = ["AUTH TLS", "PBSZ", "PROT", "HOST", "EPSV", "PASV", "UTF8"]
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-def connect(proxy, certs, *, sni=None, implicit=False, verify=True, check_hostname=None,
-            host=None, port=None, timeout=h.T_IO, context=None, source_address=None):
-    """A connected FtpsClient to the proxy (explicit: no TLS yet)."""
-    if check_hostname is None:
-        check_hostname = sni is not None
-    c = FtpsClient(ca=certs.ca if verify else None, verify=verify,
-                   check_hostname=check_hostname, sni=sni, implicit=implicit,
-                   timeout=timeout, context=context)
-    port = port or (proxy.implicit_port if implicit else proxy.port)
-    c.connect(host or proxy.host, port, source_address=source_address)
-    return c
-
 
 def site_of(c) -> str:
     """'alpha' or 'beta': which backend this logged-in session talks to."""
@@ -98,7 +84,7 @@ def test_route_user_prefix_ftplib(proxy, certs, alpha, beta, site, hostname,
     backend = {"alpha": alpha, "beta": beta}[site]
     mark = backend.log_mark()
     secret = f"pw-{site}-Zq93xK"
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.greeting.code == 220
         assert c.tls_login(f"{hostname}|anonymous", secret).code == 230
         assert site_of(c) == site
@@ -111,15 +97,15 @@ def test_route_user_prefix_ftplib(proxy, certs, alpha, beta, site, hostname,
 
 
 def test_route_user_prefix_wildcard_and_case(proxy, certs, alpha, beta):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.tls_login("WWW.Alpha.TEST|anonymous").code == 230
         assert site_of(c) == "alpha"
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.tls_login("FTP.BETA.test|anonymous").code == 230
         assert site_of(c) == "beta"
     # '*.alpha.test' matches exactly one label: not two, not zero.
     for name in ("a.b.alpha.test", "alpha.test"):
-        with NoBackendContact(alpha, beta), connect(proxy, certs) as c:
+        with NoBackendContact(alpha, beta), h.connect(proxy, certs) as c:
             assert c.start_tls().code == 234
             r = c.user_pass(f"{name}|anonymous")
             assert r.code == 530, f"{name}: {r}"
@@ -157,7 +143,7 @@ def test_route_user_prefix_lftp(proxy, certs, workdir):
 
 
 def test_route_host_before_auth(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.host_cmd("ftp.beta.test").code == 220
         assert c.start_tls().code == 234
         assert c.user_pass("anonymous").code == 230
@@ -165,7 +151,7 @@ def test_route_host_before_auth(proxy, certs):
 
 
 def test_route_host_after_auth(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         assert c.host_cmd("ftp.alpha.test").code == 220
         assert c.user_pass("anonymous").code == 230
@@ -173,7 +159,7 @@ def test_route_host_after_auth(proxy, certs):
 
 
 def test_route_host_last_one_wins(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.host_cmd("ftp.alpha.test").code == 220
         assert c.start_tls().code == 234
         assert c.host_cmd("ftp.beta.test").code == 220
@@ -182,14 +168,14 @@ def test_route_host_last_one_wins(proxy, certs):
 
 
 def test_route_host_unknown_is_504_and_ignored(proxy, certs, alpha, beta):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         assert c.host_cmd("ftp.beta.test").code == 220
         assert c.host_cmd("nosuch.test").code == 504
         # The refused HOST is ignored: the earlier one still routes.
         assert c.user_pass("anonymous").code == 230
         assert site_of(c) == "beta"
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         assert c.host_cmd("nosuch.test").code == 504
         assert c.user_pass("ftp.alpha.test|anonymous").code == 230
@@ -198,20 +184,20 @@ def test_route_host_unknown_is_504_and_ignored(proxy, certs, alpha, beta):
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 def test_route_sni(proxy, certs, implicit):
-    with connect(proxy, certs, sni="ftp.beta.test", implicit=implicit) as c:
+    with h.connect(proxy, certs, sni="ftp.beta.test", implicit=implicit) as c:
         assert c.tls_login("anonymous").code == 230
         assert site_of(c) == "beta"
-    with connect(proxy, certs, sni="files.alpha.test", implicit=implicit) as c:
+    with h.connect(proxy, certs, sni="files.alpha.test", implicit=implicit) as c:
         assert c.tls_login("anonymous").code == 230
         assert site_of(c) == "alpha"
 
 
 def test_route_sni_naming_no_site_is_ignored(proxy, certs):
     # proxy.test (the shared name) matches no site: routing ignores it.
-    with connect(proxy, certs, sni="proxy.test") as c:
+    with h.connect(proxy, certs, sni="proxy.test") as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         assert site_of(c) == "alpha"
-    with connect(proxy, certs, sni="proxy.test") as c:
+    with h.connect(proxy, certs, sni="proxy.test") as c:
         assert c.start_tls().code == 234
         assert c.host_cmd("ftp.beta.test").code == 220
         assert c.user_pass("anonymous").code == 230
@@ -233,24 +219,24 @@ def test_route_sni_curl(proxy, certs):
 
 def test_route_by_sni_off(make_proxy, certs, alpha, beta):
     p = make_proxy(proxy={"route_by_sni": "no"})
-    with NoBackendContact(alpha, beta), connect(p, certs, sni="ftp.beta.test") as c:
+    with NoBackendContact(alpha, beta), h.connect(p, certs, sni="ftp.beta.test") as c:
         assert c.start_tls().code == 234
         # DESIGN: the certificate still comes from the SNI name's site
         # (the certificate rule does not depend on route_by_sni).
         assert c.peer_cert_der() == certs.beta().der
         assert c.user_pass("anonymous").code == 530
-    with connect(p, certs, sni="ftp.beta.test") as c:
+    with h.connect(p, certs, sni="ftp.beta.test") as c:
         assert c.tls_login("ftp.beta.test|anonymous").code == 230
         assert site_of(c) == "beta"
 
 
 def test_route_default_backend(make_proxy, certs):
     p = make_proxy(proxy={"default_backend": "beta"})
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.tls_login("anonymous").code == 230
         assert site_of(c) == "beta"
     # A named site still wins over the default.
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         assert site_of(c) == "alpha"
     r = h.curl(p.port, "/beta-only.txt", user="anonymous", ca=certs.ca, head=True)
@@ -275,7 +261,7 @@ def test_route_host_lftp(make_proxy, certs, beta, workdir):
 
 
 def test_concurrent_sessions_keep_their_backends(proxy, certs):
-    with connect(proxy, certs) as a, connect(proxy, certs, sni="ftp.beta.test") as b:
+    with h.connect(proxy, certs) as a, h.connect(proxy, certs, sni="ftp.beta.test") as b:
         assert a.tls_login("ftp.alpha.test|anonymous").code == 230
         assert b.tls_login("anonymous").code == 230
         for _ in range(3):
@@ -289,18 +275,18 @@ def test_concurrent_sessions_keep_their_backends(proxy, certs):
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 def test_cert_sni_site(proxy, certs, implicit):
-    with connect(proxy, certs, sni="ftp.beta.test", implicit=implicit) as c:
+    with h.connect(proxy, certs, sni="ftp.beta.test", implicit=implicit) as c:
         if not implicit:
             assert c.start_tls().code == 234
         assert c.peer_cert_der() == certs.beta().der
-    with connect(proxy, certs, sni="www.alpha.test", implicit=implicit) as c:
+    with h.connect(proxy, certs, sni="www.alpha.test", implicit=implicit) as c:
         if not implicit:
             assert c.start_tls().code == 234
         assert c.peer_cert_der() == certs.alpha().der
 
 
 def test_cert_host_before_auth(proxy, certs):
-    with connect(proxy, certs) as c:      # no SNI
+    with h.connect(proxy, certs) as c:      # no SNI
         assert c.host_cmd("ftp.alpha.test").code == 220
         assert c.start_tls().code == 234
         assert c.peer_cert_der() == certs.alpha().der
@@ -309,7 +295,7 @@ def test_cert_host_before_auth(proxy, certs):
 
 
 def test_cert_host_after_auth_is_central(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         assert c.host_cmd("ftp.alpha.test").code == 220
         # The handshake is over: HOST after AUTH routes but cannot change it.
@@ -319,7 +305,7 @@ def test_cert_host_after_auth_is_central(proxy, certs):
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 @pytest.mark.parametrize("sni", [None, "proxy.test"], ids=["nosni", "sharedname"])
 def test_cert_central_when_no_site_named(proxy, certs, implicit, sni):
-    with connect(proxy, certs, sni=sni, implicit=implicit) as c:
+    with h.connect(proxy, certs, sni=sni, implicit=implicit) as c:
         if not implicit:
             assert c.start_tls().code == 234
         assert c.peer_cert_der() == certs.central().der
@@ -327,12 +313,12 @@ def test_cert_central_when_no_site_named(proxy, certs, implicit, sni):
 
 def test_cert_site_without_own_cert_gets_central(make_proxy, certs):
     p = make_proxy(own_certs=False)
-    with connect(p, certs, sni="ftp.beta.test", check_hostname=False) as c:
+    with h.connect(p, certs, sni="ftp.beta.test", check_hostname=False) as c:
         assert c.start_tls().code == 234
         assert c.peer_cert_der() == certs.central().der
         assert c.user_pass("anonymous").code == 230
         assert site_of(c) == "beta"
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.host_cmd("ftp.alpha.test").code == 220
         assert c.start_tls().code == 234
         assert c.peer_cert_der() == certs.central().der
@@ -357,7 +343,7 @@ def test_cert_verifies_with_curl_and_hostname_check(proxy, certs):
 
 @pytest.mark.parametrize("mech", ["TLS", "SSL", "TLS-C", "tls"])
 def test_explicit_auth_mechanisms(proxy, certs, mech):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.greeting.code == 220
         assert c.start_tls(mech).code == 234
         assert c.tls_version() in ("TLSv1.2", "TLSv1.3")
@@ -366,7 +352,7 @@ def test_explicit_auth_mechanisms(proxy, certs, mech):
 
 
 def test_explicit_auth_unknown_mechanism(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         r = c.cmd("AUTH KERBEROS_V4")
         # RFC 2228: 504 for an unsupported mechanism (any 5xx accepted).
         assert is_class(r.code, 5), r
@@ -374,7 +360,7 @@ def test_explicit_auth_unknown_mechanism(proxy, certs):
 
 
 def test_implicit_listener(proxy, certs):
-    with connect(proxy, certs, implicit=True) as c:
+    with h.connect(proxy, certs, implicit=True) as c:
         assert c.greeting.code == 220
         assert c.tls_version() in ("TLSv1.2", "TLSv1.3")
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
@@ -399,12 +385,12 @@ def test_ipv6_listeners(make_proxy, certs):
     i6 = h.free_port("::1")
     p = make_proxy(proxy={"listen": [f"127.0.0.1:{h.free_port()}", f"[::1]:{p6}"],
                           "listen_implicit": f"[::1]:{i6}"})
-    with connect(p, certs, host="::1", port=p6) as c:
+    with h.connect(p, certs, host="::1", port=p6) as c:
         assert c.greeting.code == 220
         assert c.sock.family == socket.AF_INET6
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         assert site_of(c) == "alpha"
-    with connect(p, certs, host="::1", port=i6, implicit=True, sni="ftp.beta.test") as c:
+    with h.connect(p, certs, host="::1", port=i6, implicit=True, sni="ftp.beta.test") as c:
         assert c.tls_login("anonymous").code == 230
         assert site_of(c) == "beta"
         assert c.peer_cert_der() == certs.beta().der
@@ -413,7 +399,7 @@ def test_ipv6_listeners(make_proxy, certs):
     assert r.returncode == 0, r.stderr
     assert h.content_length(r) == ALPHA_SIZE
     # The IPv4 listener of the same proxy works too.
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.tls_login("ftp.beta.test|anonymous").code == 230
 
 
@@ -422,7 +408,7 @@ def test_ipv6_listeners(make_proxy, certs):
 # --------------------------------------------------------------------------
 
 def test_unknown_host_in_user(proxy, certs, alpha, beta):
-    with NoBackendContact(alpha, beta), connect(proxy, certs) as c:
+    with NoBackendContact(alpha, beta), h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         r = c.user_pass("nosuch.example|anonymous")
         assert r.code == 530, r
@@ -437,14 +423,14 @@ def test_unknown_host_in_user(proxy, certs, alpha, beta):
 
 def test_unknown_host_does_not_fall_through_to_default(make_proxy, certs, alpha, beta):
     p = make_proxy(proxy={"default_backend": "beta"})
-    with NoBackendContact(alpha, beta), connect(p, certs) as c:
+    with NoBackendContact(alpha, beta), h.connect(p, certs) as c:
         assert c.start_tls().code == 234
         r = c.user_pass("nosuch.example|anonymous")
         assert r.code == 530, r
 
 
 def test_no_host_and_no_default(proxy, certs, alpha, beta):
-    with NoBackendContact(alpha, beta), connect(proxy, certs) as c:
+    with NoBackendContact(alpha, beta), h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         r = c.user_pass("anonymous")
         assert r.code == 530, r
@@ -454,7 +440,7 @@ def test_no_host_and_no_default(proxy, certs, alpha, beta):
 
 @pytest.mark.parametrize("host_first", [True, False], ids=["host-before-auth", "host-after-auth"])
 def test_user_prefix_contradicts_host(proxy, certs, alpha, beta, host_first):
-    with NoBackendContact(alpha, beta), connect(proxy, certs) as c:
+    with NoBackendContact(alpha, beta), h.connect(proxy, certs) as c:
         if host_first:
             assert c.host_cmd("ftp.alpha.test").code == 220
         assert c.start_tls().code == 234
@@ -463,7 +449,7 @@ def test_user_prefix_contradicts_host(proxy, certs, alpha, beta, host_first):
         r = c.user_pass("ftp.beta.test|anonymous")
         assert r.code == 530, r
     # Same site under another of its names agrees with HOST.
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         assert c.host_cmd("ftp.alpha.test").code == 220
         assert c.user_pass("www.alpha.test|anonymous").code == 230
@@ -471,22 +457,22 @@ def test_user_prefix_contradicts_host(proxy, certs, alpha, beta, host_first):
 
 
 def test_user_prefix_contradicts_sni(proxy, certs, alpha, beta):
-    with NoBackendContact(alpha, beta), connect(proxy, certs, sni="ftp.alpha.test") as c:
+    with NoBackendContact(alpha, beta), h.connect(proxy, certs, sni="ftp.alpha.test") as c:
         assert c.start_tls().code == 234
         r = c.user_pass("ftp.beta.test|anonymous")
         assert r.code == 530, r
-    with NoBackendContact(alpha, beta), connect(proxy, certs, sni="ftp.beta.test",
+    with NoBackendContact(alpha, beta), h.connect(proxy, certs, sni="ftp.beta.test",
                                                 implicit=True) as c:
         r = c.user_pass("ftp.alpha.test|anonymous")
         assert r.code == 530, r
     # A prefix naming the SNI's own site is fine.
-    with connect(proxy, certs, sni="ftp.alpha.test") as c:
+    with h.connect(proxy, certs, sni="ftp.alpha.test") as c:
         assert c.tls_login("other.alpha.test|anonymous").code == 230
         assert site_of(c) == "alpha"
 
 
 def test_host_contradicts_sni(proxy, certs):
-    with connect(proxy, certs, sni="ftp.alpha.test") as c:
+    with h.connect(proxy, certs, sni="ftp.alpha.test") as c:
         assert c.start_tls().code == 234
         assert c.host_cmd("ftp.beta.test").code == 504
         # Another name of the SNI's site is accepted.
@@ -498,14 +484,14 @@ def test_host_contradicts_sni(proxy, certs):
 
 @pytest.mark.parametrize("arg", ["ftp.alpha.test:21", "ftp.alpha.test:2121", "[::1]:21"])
 def test_host_with_port(proxy, certs, arg):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         assert c.host_cmd(arg).code == 501
         assert c.cmd("NOOP").code == 200
 
 
 def test_host_after_login(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         assert c.host_cmd("ftp.beta.test").code == 503
         assert c.host_cmd("ftp.alpha.test").code == 503
@@ -513,7 +499,7 @@ def test_host_after_login(proxy, certs):
 
 
 def test_host_without_argument(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         r = c.cmd("HOST")
         # DESIGN is silent: a syntax error in the argument, 501 (any 5xx).
@@ -522,7 +508,7 @@ def test_host_without_argument(proxy, certs):
 
 
 def test_pass_before_user(proxy, certs, alpha, beta):
-    with NoBackendContact(alpha, beta), connect(proxy, certs) as c:
+    with NoBackendContact(alpha, beta), h.connect(proxy, certs) as c:
         assert c.start_tls().code == 234
         assert c.cmd(f"PASS {PW}").code == 503
         assert c.cmd("NOOP").code == 200
@@ -533,7 +519,7 @@ def test_other_commands_before_login(proxy, certs, alpha, beta, tls):
     cmds = ["CWD /", "PWD", "LIST", "NLST", "PASV", "EPSV", "PORT 127,0,0,1,4,1",
             "RETR /alpha-only.txt", "SIZE /alpha-only.txt", "STOR /upload/x", "MKD /x",
             "DELE /x", "SITE HELP", "STAT", "XYZW", "ACCT x"]
-    with NoBackendContact(alpha, beta), connect(proxy, certs) as c:
+    with NoBackendContact(alpha, beta), h.connect(proxy, certs) as c:
         if tls:
             assert c.start_tls().code == 234
         for cmd in cmds:
@@ -552,7 +538,7 @@ def test_other_commands_before_login(proxy, certs, alpha, beta, tls):
 
 
 def test_commands_answered_before_login(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.cmd("NOOP").code == 200
         assert c.cmd("SYST").code == 215
         assert c.cmd("OPTS UTF8 ON").code == 200
@@ -578,7 +564,7 @@ def test_quit_before_tls(proxy):
 # --------------------------------------------------------------------------
 
 def test_multiline_replies_relayed_whole(proxy, certs):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         for cmd, code in (("HELP", 214), ("STAT", 211)):
             r = c.cmd(cmd)
@@ -590,7 +576,7 @@ def test_multiline_replies_relayed_whole(proxy, certs):
 
 
 def test_post_login_tls_commands_answered_by_proxy(proxy, certs, alpha):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         mark = alpha.log_mark()
         assert c.cmd("PBSZ 0").code == 200
@@ -616,7 +602,7 @@ def test_backend_logs_in_at_user(make_proxy, certs, workdir):
                   extra={"no_anon_password": "YES"})
     with nopw:
         p = make_proxy(backends={"nopw": backend_section(nopw, ["ftp.nopw.test"])})
-        with connect(p, certs) as c:
+        with h.connect(p, certs) as c:
             assert c.start_tls().code == 234
             assert c.cmd("USER ftp.nopw.test|anonymous").code == 230
             assert c.cmd("SIZE /nopw-only.txt").text.startswith("213 5")
@@ -626,7 +612,7 @@ def test_backend_logs_in_at_user(make_proxy, certs, workdir):
 
 def test_client_from_another_loopback_address(proxy, certs):
     mark = proxy.log_mark()
-    with connect(proxy, certs, source_address=(h.OTHER_CLIENT_ADDR, 0)) as c:
+    with h.connect(proxy, certs, source=h.OTHER_CLIENT_ADDR) as c:
         assert c.sock.getsockname()[0] == h.OTHER_CLIENT_ADDR
         assert c.tls_login("ftp.beta.test|anonymous").code == 230
         assert site_of(c) == "beta"
@@ -639,7 +625,7 @@ def test_client_from_another_loopback_address(proxy, certs):
 
 @pytest.mark.parametrize("tls", [False, True], ids=["before-auth", "after-auth"])
 def test_feat_before_login(proxy, certs, tls):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         if tls:
             assert c.start_tls().code == 234
         r = c.cmd("FEAT")
@@ -680,7 +666,7 @@ def _check_feat_after_login(feat: h.Reply, backend_feat: h.Reply):
 
 
 def test_feat_after_login(proxy, certs, alpha):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         feat = c.cmd("FEAT")
     backend_feat = _backend_feat(alpha)
@@ -701,7 +687,7 @@ def test_feat_after_login_drops_backend_tls_lines(make_proxy, certs, workdir, al
         p = make_proxy(backends={
             "alpha": backend_section(alpha, ALPHA_HOSTS),
             "gamma": backend_section(gamma, ["ftp.gamma.test"])})
-        with connect(p, certs) as c:
+        with h.connect(p, certs) as c:
             assert c.tls_login("ftp.gamma.test|anonymous").code == 230
             assert c.cmd("SIZE /gamma-only.txt").text.startswith("213 2")
             feat = c.cmd("FEAT")
@@ -754,7 +740,7 @@ def test_tls11_refused(proxy, certs, workdir, implicit):
     # The proxy is fine, and TLS 1.2 is accepted.
     ctx12 = h.client_context(certs.ca)
     ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
-    with connect(proxy, certs, context=ctx12, implicit=implicit) as c:
+    with h.connect(proxy, certs, context=ctx12, implicit=implicit) as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         assert c.tls_version() == "TLSv1.2"
 
@@ -762,9 +748,62 @@ def test_tls11_refused(proxy, certs, workdir, implicit):
 def test_tls13_accepted(proxy, certs):
     ctx = h.client_context(certs.ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    with connect(proxy, certs, context=ctx) as c:
+    with h.connect(proxy, certs, context=ctx) as c:
         assert c.tls_login("ftp.beta.test|anonymous").code == 230
         assert c.tls_version() == "TLSv1.3"
+
+
+# --------------------------------------------------------------------------
+# One reply, one TLS record
+# --------------------------------------------------------------------------
+
+# (command, code) after the TLS handshake: the proxy's own replies (PBSZ,
+# PROT, FEAT before login) and relayed ones, single-line and multi-line.
+RECORD_DIALOGUE = [("PBSZ 0", 200), ("PROT P", 200), ("FEAT", 211),
+                   ("USER ftp.alpha.test|anonymous", 331), (f"PASS {PW}", 230),
+                   ("FEAT", 211), ("SYST", 215), ("HELP", 214), ("STAT", 211),
+                   ("SIZE /no-such-file", 550), ("PWD", 257), ("NOOP", 200), ("QUIT", 221)]
+
+
+def whole_reply(record: bytes) -> h.Reply:
+    """The one reply a record holds, whole: AssertionError when the record
+    ends inside a reply or holds more than one."""
+    text = record.decode(errors="replace")
+    assert text.endswith("\r\n"), f"a record ends inside a reply: {text!r}"
+    lines = text[:-2].split("\r\n")
+    code = lines[0][:3]
+    assert code.isdigit() and lines[0][3:4] in (" ", "-"), f"not a reply: {text!r}"
+    ends = [i for i, l in enumerate(lines) if l[:3] == code and l[3:4] == " "]
+    assert ends == [len(lines) - 1], f"not exactly one reply in the record: {text!r}"
+    return h.parse_reply("\n".join(lines))
+
+
+@pytest.mark.parametrize("tls", ["tls1.2", "tls1.3"])
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_each_reply_in_one_tls_record(proxy, certs, implicit, tls, proxy_log_on_failure):
+    """Every reply on the control connection travels in exactly one TLS
+    record, the proxy's own and the backend's relayed ones: gftp reads one
+    record and expects a whole reply in it (a relayed reply once went out as
+    two records, its text and then its CRLF, and gftp never logged in). The
+    client here frames the records itself (h.RecordClient)."""
+    v = {"tls1.2": ssl.TLSVersion.TLSv1_2, "tls1.3": ssl.TLSVersion.TLSv1_3}[tls]
+    ctx = h.client_context(certs.ca, min_version=v, max_version=v)
+    if implicit:
+        sock = socket.create_connection((proxy.host, proxy.implicit_port), h.T_IO)
+    else:
+        plain = PlainControl(proxy.port)
+        assert plain.cmd("AUTH TLS").code == 234
+        sock = plain.sock
+    with sock:
+        rc = h.RecordClient(sock, ctx)
+        if implicit:
+            assert whole_reply(rc.record()).code == 220
+        for cmd, code in RECORD_DIALOGUE:
+            rc.send(cmd.encode() + b"\r\n")
+            r = whole_reply(rc.record())
+            assert r.code == code, f"{cmd}: {r}"
+            if cmd == "HELP" or cmd == "FEAT":
+                assert len(r.lines) > 2, f"{cmd}: a multi-line reply expected: {r}"
 
 
 # --------------------------------------------------------------------------
@@ -778,7 +817,7 @@ def test_backend_down_gives_421_other_still_serves(make_proxy, certs, beta):
         "alpha": backend_section(address=f"127.0.0.1:{dead}", hostnames=ALPHA_HOSTS),
         "beta": backend_section(beta, BETA_HOSTS, certs.beta())})
     mark = p.log_mark()
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.start_tls().code == 234
         t0 = time.monotonic()
         r = c.cmd("USER ftp.alpha.test|anonymous")
@@ -787,7 +826,7 @@ def test_backend_down_gives_421_other_still_serves(make_proxy, certs, beta):
     # A log line names the backend.
     log = p.log_since(mark)
     assert "alpha" in log, log[-2000:]
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.tls_login("ftp.beta.test|anonymous").code == 230
         assert site_of(c) == "beta"
     r = h.curl(p.port, "/alpha-only.txt", user="ftp.alpha.test|anonymous", ca=certs.ca,
@@ -815,7 +854,7 @@ def test_stalled_backend_does_not_block_others(make_proxy, certs):
         def stalled_client():
             t0 = time.monotonic()
             try:
-                with connect(p, certs, timeout=15) as c:
+                with h.connect(p, certs, timeout=15) as c:
                     c.start_tls()
                     result["reply"] = c.cmd("USER ftp.stall.test|anonymous")
             except (EOFError, OSError) as e:
@@ -826,7 +865,7 @@ def test_stalled_backend_does_not_block_others(make_proxy, certs):
         th.start()
         time.sleep(0.5)
         t0 = time.monotonic()
-        with connect(p, certs) as c:
+        with h.connect(p, certs) as c:
             assert c.tls_login("ftp.alpha.test|anonymous").code == 230
             assert site_of(c) == "alpha"
         assert time.monotonic() - t0 < 2.0
@@ -848,7 +887,7 @@ def default_backends_from(factory, certs):
 # --------------------------------------------------------------------------
 
 def test_long_line_gets_500_and_session_goes_on(proxy, certs, alpha):
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         # Plaintext, before AUTH.
         c.send_raw(b"NOOP " + b"x" * 10000 + b"\r\n")
         assert c.reply().code == 500
@@ -870,7 +909,7 @@ def test_long_line_gets_500_and_session_goes_on(proxy, certs, alpha):
 
 def test_telnet_iac_is_stripped(proxy, certs, alpha):
     IP_DM = b"\xff\xf4\xff\xf2"     # IAC IP, IAC DM: what clients send before ABOR
-    with connect(proxy, certs) as c:
+    with h.connect(proxy, certs) as c:
         c.send_raw(IP_DM + b"NOOP\r\n")
         assert c.reply().code == 200
         assert c.start_tls().code == 234
@@ -884,33 +923,18 @@ def test_telnet_iac_is_stripped(proxy, certs, alpha):
         assert "SIZE /alpha-only.txt" in alpha.commands_since(mark)
 
 
-def closed_within(sock: socket.socket, timeout: float) -> bool:
-    """Read and discard until the peer closes (True) or timeout (False)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            sock.settimeout(max(0.05, deadline - time.monotonic()))
-            if not sock.recv(4096):
-                return True
-    except socket.timeout:
-        return False
-    except (ConnectionError, OSError):
-        return True
-    return False
-
-
 def test_tls_garbage_ends_only_that_session(proxy, certs):
-    with connect(proxy, certs) as good:
+    with h.connect(proxy, certs) as good:
         assert good.tls_login("ftp.beta.test|anonymous").code == 230
         # Garbage instead of a ClientHello on the implicit listener.
         with socket.create_connection((proxy.host, proxy.implicit_port), 5) as s:
             s.sendall(b"\x16\x03\x01\x00\x05hello" + b"GARBAGE" * 100)
-            assert closed_within(s, 5)
+            assert h.closed_within(s, 5)[0]
         # Garbage instead of a ClientHello after AUTH TLS.
         with PlainControl(proxy.port) as bad:
             assert bad.cmd("AUTH TLS").code == 234
             bad.send(b"\x17\x03\x03\x00\x10" + b"\x00" * 16)
-            assert closed_within(bad.sock, 5)
+            assert h.closed_within(bad.sock, 5)[0]
         assert site_of(good) == "beta"
     assert proxy.alive()
 
@@ -922,7 +946,7 @@ def test_tls_garbage_ends_only_that_session(proxy, certs):
 def test_login_timeout(make_proxy, certs):
     p = make_proxy(proxy={"login_timeout": "2", "idle_timeout": "30"})
     # A TLS session that never logs in, though it keeps talking.
-    with connect(p, certs, timeout=8) as c:
+    with h.connect(p, certs, timeout=8) as c:
         t0 = time.monotonic()
         assert c.start_tls().code == 234
         code = None
@@ -944,9 +968,9 @@ def test_login_timeout(make_proxy, certs):
     # 421 is possible without TLS; the proxy may linger a few seconds
     # trying to say goodbye, hence the slack).
     with socket.create_connection((p.host, p.implicit_port), 8) as s:
-        assert closed_within(s, 2 + 5)
+        assert h.closed_within(s, 2 + 5)[0]
     # A logged-in session is not subject to login_timeout.
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         time.sleep(2.8)
         assert c.cmd("NOOP").code == 200
@@ -954,7 +978,7 @@ def test_login_timeout(make_proxy, certs):
 
 def test_idle_timeout(make_proxy, certs):
     p = make_proxy(proxy={"idle_timeout": "2", "login_timeout": "20"})
-    with connect(p, certs, timeout=8) as c:
+    with h.connect(p, certs, timeout=8) as c:
         assert c.tls_login("ftp.alpha.test|anonymous").code == 230
         # Commands keep it alive past the timeout ...
         for _ in range(4):
@@ -987,7 +1011,7 @@ def test_slow_clients_do_not_block_others(proxy, certs):
         # Implicit: connected, nothing sent.
         stalled.append(socket.create_connection((proxy.host, proxy.implicit_port), 5))
         # Logged in, sends commands but never reads its replies.
-        d = connect(proxy, certs)
+        d = h.connect(proxy, certs)
         stalled.append(d)
         assert d.tls_login("ftp.alpha.test|anonymous").code == 230
         d.sock.settimeout(0.5)
@@ -998,7 +1022,7 @@ def test_slow_clients_do_not_block_others(proxy, certs):
             pass                  # its buffers are full: good
         for _ in range(3):
             t0 = time.monotonic()
-            with connect(proxy, certs, timeout=5) as c:
+            with h.connect(proxy, certs, timeout=5) as c:
                 assert c.tls_login("ftp.beta.test|anonymous").code == 230
                 assert site_of(c) == "beta"
             assert time.monotonic() - t0 < 2.0, "a slow client delayed another session"
@@ -1018,31 +1042,31 @@ def test_slow_clients_do_not_block_others(proxy, certs):
 # --------------------------------------------------------------------------
 
 def _quit_after_login(p, certs):
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.tls_login("ftp.beta.test|anonymous").code == 230
         assert c.cmd("QUIT").code == 221
 
 
 def _refused_login(p, certs):
-    with connect(p, certs) as c:
+    with h.connect(p, certs) as c:
         assert c.start_tls().code == 234
         assert c.user_pass("nosuch.test|anonymous").code == 530
 
 
 def _vanish_logged_in(p, certs):
-    c = connect(p, certs)
+    c = h.connect(p, certs)
     assert c.tls_login("ftp.alpha.test|anonymous").code == 230
     c.drop()                        # TCP FIN, no close_notify, no QUIT
 
 
 def _vanish_after_auth(p, certs):
-    c = connect(p, certs)
+    c = h.connect(p, certs)
     assert c.start_tls().code == 234
     c.drop()
 
 
 def _vanish_implicit(p, certs):
-    c = connect(p, certs, implicit=True)
+    c = h.connect(p, certs, implicit=True)
     c.drop()
 
 

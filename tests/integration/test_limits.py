@@ -25,7 +25,8 @@ import pytest
 
 import faultkit as fk
 import harness as h
-from faultkit import KiB, MiB, USER
+from faultkit import USER
+from harness import KiB, MiB
 from harness import PlainControl
 
 OTHER = h.OTHER_CLIENT_ADDR      # 127.0.0.2
@@ -33,21 +34,13 @@ OTHER = h.OTHER_CLIENT_ADDR      # 127.0.0.2
 
 @pytest.fixture(scope="module")
 def site(workdir):
-    s = fk.Site(workdir, "limits", sizes={"blob.bin": 256 * KiB, "big.bin": 48 * MiB})
-    s.start()
-    yield s
-    s.stop()
+    with h.Site(workdir, "limits", [fk.SITE],
+                sizes={"blob.bin": 256 * KiB, "big.bin": 48 * MiB}) as s:
+        yield s
 
 
-def start(make_proxy, site, pool: int = 6, **opts):
-    lo, hi = h.free_port_range(pool)
-    proxy = {"passive_ports": f"{lo}-{hi}"}
-    proxy.update({k: str(v) for k, v in opts.items()})
-    return make_proxy(proxy=proxy, backends={"hard": site.section()})
-
-
-def download_ok(c: fk.Client, site: fk.Site, name: str = "blob.bin") -> None:
-    got, n, resp = fk.retr(c, f"/{name}")
+def download_ok(c: h.FtpsClient, site: h.Site, name: str = "blob.bin") -> None:
+    got, n, resp = h.retr(c, f"/{name}")
     assert resp.startswith("226"), resp
     assert (n, got) == (site.files[name].size, site.files[name].sha)
 
@@ -57,7 +50,7 @@ def refused_421(port: int, source=None) -> h.Reply:
     c = PlainControl(port, source_address=(source, 0) if source else None)
     try:
         assert c.greeting.code == 421, f"expected 421, got {c.greeting}"
-        closed, _ = fk.closed_within(c.sock, 5)
+        closed, _ = h.closed_within(c.sock, 5)
         assert closed, "the refused connection stayed open"
         return c.greeting
     finally:
@@ -73,25 +66,16 @@ def admitted_again(port: int, timeout: float = 5.0, source=None) -> None:
     h.wait_until(try_once, timeout, interval=0.2, what="a new connection to be admitted")
 
 
-def transfer_on(c: fk.Client, port: int, path: str) -> tuple[int, str]:
+def transfer_on(c: h.FtpsClient, port: int, path: str) -> tuple[int, str]:
     """RETR on a passive port this client already holds (raw: no new PASV)."""
-    conn = socket.create_connection((c.sock.getpeername()[0], port), h.T_IO,
-                                    source_address=(c.source_address[0], 0)
-                                    if c.source_address else None)
+    conn = h.data_connect(c, port, source=(c.source_address[0], 0) if c.source_address
+                          else None)
     r = c.cmd(f"RETR {path}")
     assert r.code == 150, r
-    t = c.context.wrap_socket(conn, server_hostname=c.host, session=c.sock.session)
+    t = h.wrap_data(c, conn)
     hs = hashlib.sha256()
-    n = 0
-    while True:
-        b = t.recv(fk.BLOCK)
-        if not b:
-            break
-        hs.update(b)
-        n += len(b)
-    with contextlib.suppress(OSError, ValueError):
-        t.unwrap()
-    t.close()
+    n = h.read_all(t, None, hs)
+    h.finish_tls(t)
     r = c.reply()
     assert r.code == 226, r
     return n, hs.hexdigest()
@@ -102,10 +86,10 @@ def transfer_on(c: fk.Client, port: int, path: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------
 
 def test_max_sessions_refuses_extra_with_421(make_proxy, certs, site):
-    p = start(make_proxy, site, max_sessions=3)
+    p = fk.start_proxy(make_proxy, site, max_sessions=3)
     base = fk.warm_up(p, certs, site)
     held = []
-    b = fk.login(p, certs)
+    b = h.login(p, certs, USER)
     try:
         held = [PlainControl(p.port), PlainControl(p.port)]   # 3 sessions now
         assert all(x.greeting.code == 220 for x in held)
@@ -113,9 +97,9 @@ def test_max_sessions_refuses_extra_with_421(make_proxy, certs, site):
         refused_421(p.port)
         # On the implicit listener there is no plaintext to say 421 in: closed.
         with socket.create_connection((p.host, p.implicit_port), 5) as s:
-            closed, got = fk.closed_within(s, 5)
+            closed, got = h.closed_within(s, 5)
             assert closed and got == b"", got
-        lines = fk.log_lines(p, mark, "ev=refused", "reason=max_sessions")
+        lines = p.log_lines(mark, "ev=refused", "reason=max_sessions")
         assert len(lines) >= 2, p.log_since(mark)
         # The sessions inside the limit are untouched.
         download_ok(b, site)
@@ -131,25 +115,25 @@ def test_max_sessions_refuses_extra_with_421(make_proxy, certs, site):
 
 
 def test_max_sessions_per_ip_counts_each_address(make_proxy, certs, site):
-    p = start(make_proxy, site, max_sessions_per_ip=2)
+    p = fk.start_proxy(make_proxy, site, max_sessions_per_ip=2)
     base = fk.warm_up(p, certs, site)
     sessions = []
     try:
-        sessions.append(fk.login(p, certs))
-        sessions.append(fk.login(p, certs))
+        sessions.append(h.login(p, certs, USER))
+        sessions.append(h.login(p, certs, USER))
         mark = p.log_mark()
         refused_421(p.port)
-        lines = fk.log_lines(p, mark, "ev=refused", "reason=max_sessions_per_ip",
+        lines = p.log_lines(mark, "ev=refused", "reason=max_sessions_per_ip",
                              "client=127.0.0.1:")
         assert lines, p.log_since(mark)
         # Another address has its own count: two sessions, data included.
         for _ in range(2):
-            c = fk.login(p, certs, source=OTHER)
+            c = h.login(p, certs, USER, source=OTHER)
             sessions.append(c)
             download_ok(c, site)
         mark = p.log_mark()
         refused_421(p.port, source=OTHER)
-        assert fk.log_lines(p, mark, "ev=refused", "reason=max_sessions_per_ip",
+        assert p.log_lines(mark, "ev=refused", "reason=max_sessions_per_ip",
                             f"client={OTHER}:"), p.log_since(mark)
         download_ok(sessions[0], site)
         sessions.pop(0).quit()
@@ -166,18 +150,18 @@ def test_backend_max_sessions(make_proxy, certs, site, alpha):
                    backends={"hard": site.section(max_sessions=1),
                              "alpha": h.backend_section(alpha, ["ftp.alpha.test"])})
     base = fk.warm_up(p, certs, site)
-    a = fk.login(p, certs)
+    a = h.login(p, certs, USER)
     try:
         mark = p.log_mark()
-        with contextlib.closing(fk.connect(p, certs)) as b:
+        with contextlib.closing(h.connect(p, certs)) as b:
             assert b.start_tls().code == 234
             r = b.user_pass(USER)
             assert r.code == 421, r
             b.expect_closed(5)
-        lines = fk.log_lines(p, mark, "ev=refused", "backend=hard")
+        lines = p.log_lines(mark, "ev=refused", "backend=hard")
         assert any("max_sessions" in l for l in lines), p.log_since(mark)
         # Another site is not limited by this one's cap.
-        with contextlib.closing(fk.login(p, certs, "ftp.alpha.test|anonymous")) as c:
+        with contextlib.closing(h.login(p, certs, "ftp.alpha.test|anonymous")) as c:
             assert c.cmd("SIZE /alpha-only.txt").code == 213
             c.quit()
         download_ok(a, site)
@@ -186,7 +170,7 @@ def test_backend_max_sessions(make_proxy, certs, site, alpha):
         a.close_quietly()
     # The slot is free again once `a` has gone.
     def login_works():
-        with contextlib.closing(fk.connect(p, certs)) as c:
+        with contextlib.closing(h.connect(p, certs)) as c:
             c.start_tls()
             ok = c.user_pass(USER).code == 230
             with contextlib.suppress(Exception):
@@ -256,7 +240,7 @@ def test_login_timeout_ends_slowloris(make_proxy, certs, site):
     login_timeout, in plaintext before AUTH TLS and inside TLS alike; a
     session logging in meanwhile is served."""
     lt = 3
-    p = start(make_proxy, site, login_timeout=lt)
+    p = fk.start_proxy(make_proxy, site, login_timeout=lt)
     base = fk.warm_up(p, certs, site)
     mark = p.log_mark()
     line = b"USER " + b"x" * 200
@@ -285,7 +269,7 @@ def test_login_timeout_ends_slowloris(make_proxy, certs, site):
         assert lt - 0.5 <= x.t <= lt + 4, f"{x.fn.__name__}: cut after {x.t:.1f}s"
         if x.fn is plain:
             assert b"421" in got, got
-    assert len(fk.log_lines(p, mark, "ev=timeout", "what=login")) >= 2, p.log_since(mark)
+    assert len(p.log_lines(mark, "ev=timeout", "what=login")) >= 2, p.log_since(mark)
     fk.recovered(p, certs, site, base)
 
 
@@ -294,24 +278,24 @@ def test_tls_handshake_that_never_finishes_is_ended(make_proxy, certs, site):
     connection that sends nothing, half a ClientHello, or a whole
     ClientHello and then nothing; AUTH TLS followed by half a ClientHello."""
     lt = 3
-    p = start(make_proxy, site, login_timeout=lt)
+    p = fk.start_proxy(make_proxy, site, login_timeout=lt)
     base = fk.warm_up(p, certs, site)
     hello = fk.client_hello()
     assert hello[:1] == b"\x16" and len(hello) > 100
 
     def silent_implicit():
         with socket.create_connection((p.host, p.implicit_port), 5) as s:
-            return fk.closed_within(s, lt + 6)
+            return h.closed_within(s, lt + 6)
 
     def half_hello_implicit():
         with socket.create_connection((p.host, p.implicit_port), 5) as s:
             s.sendall(hello[:len(hello) // 2])
-            return fk.closed_within(s, lt + 6)
+            return h.closed_within(s, lt + 6)
 
     def whole_hello_implicit():
         with socket.create_connection((p.host, p.implicit_port), 5) as s:
             s.sendall(hello)
-            return fk.closed_within(s, lt + 6)
+            return h.closed_within(s, lt + 6)
 
     def half_hello_explicit():
         with socket.create_connection((p.host, p.port), 5) as s:
@@ -320,7 +304,7 @@ def test_tls_handshake_that_never_finishes_is_ended(make_proxy, certs, site):
             s.sendall(b"AUTH TLS\r\n")
             assert f.readline().startswith(b"234")
             s.sendall(hello[:len(hello) // 2])
-            return fk.closed_within(s, lt + 6)
+            return h.closed_within(s, lt + 6)
 
     hangs = [Timed(f) for f in (silent_implicit, half_hello_implicit, whole_hello_implicit,
                                 half_hello_explicit)]
@@ -349,18 +333,14 @@ def test_data_timeout_ends_stalled_transfer_and_frees_port(make_proxy, certs, si
     (two other sessions then hold both ports at once), and the stalled
     session goes on."""
     dt = 2
-    p = start(make_proxy, site, pool=2, data_timeout=dt, idle_timeout=60)
+    p = fk.start_proxy(make_proxy, site, pool=2, data_timeout=dt, idle_timeout=60)
     base = fk.warm_up(p, certs, site)
-    b = fk.login(p, certs)
-    a = fk.login(p, certs, timeout=20)
+    b = h.login(p, certs, USER)
+    a = h.login(p, certs, USER, timeout=20)
     mark = p.log_mark()
     try:
-        if direction == "download":
-            conn, _ = a.ntransfercmd("RETR /big.bin")
-            assert fk.read_n(conn, MiB) == MiB
-        else:
-            conn, _ = a.ntransfercmd("STOR /upload/stalled.bin")
-            conn.sendall(b"\0" * MiB)
+        conn = fk.transfer_midway(a, direction, "/big.bin" if direction == "download"
+                                  else "/upload/stalled.bin", MiB)
         t0 = time.monotonic()
         # Meanwhile another session transfers on the other port.
         download_ok(b, site)
@@ -368,23 +348,23 @@ def test_data_timeout_ends_stalled_transfer_and_frees_port(make_proxy, certs, si
         waited = time.monotonic() - t0
         assert r.code // 100 == 4, r
         assert dt - 0.5 <= waited <= dt + 4, f"final reply after {waited:.1f}s"
-        closed, _ = fk.closed_within(conn, 5)
+        closed, _ = h.closed_within(conn, 5)
         assert closed, "the stalled data connection is still open"
         with contextlib.suppress(OSError):
             conn.close()
-        assert fk.log_lines(p, mark, "data_timeout"), p.log_since(mark)
+        assert p.log_lines(mark, "data_timeout"), p.log_since(mark)
         # The port is back in the pool while `a` is still logged in.
-        fk.wait_pool_free(p, 5)
-        c = fk.login(p, certs)
+        p.wait_pool_free(5)
+        c = h.login(p, certs, USER)
         try:
-            ports = {fk.pasv_port(b), fk.pasv_port(c)}
-            assert ports == set(fk.pool_of(p)), ports
+            ports = {h.pasv_port(b), h.pasv_port(c)}
+            assert ports == set(p.passive_ports()), ports
         finally:
             c.close_quietly()
             b.close_quietly()
         # The stalled session itself goes on.
         assert a.cmd("NOOP").code == 200
-        h.wait_until(lambda: not fk.pool_ports_busy(p), 5, what="b's and c's ports closed")
+        h.wait_until(lambda: not p.pool_ports_busy(), 5, what="b's and c's ports closed")
         download_ok(a, site)
         a.quit()
     finally:
@@ -400,27 +380,27 @@ def test_data_timeout_ends_stalled_transfer_and_frees_port(make_proxy, certs, si
 # --------------------------------------------------------------------------
 
 def test_passive_pool_exhausted_gives_425(make_proxy, certs, site):
-    p = start(make_proxy, site, pool=2)
+    p = fk.start_proxy(make_proxy, site, pool=2)
     base = fk.warm_up(p, certs, site)
-    a, b, c = (fk.login(p, certs) for _ in range(3))
+    a, b, c = (h.login(p, certs, USER) for _ in range(3))
     try:
-        pa = fk.pasv_port(a)
+        pa = h.pasv_port(a)
         r = b.cmd("EPSV")
         assert r.code == 229, r
         pb = ftplib.parse229(r.text, ("x", 0))[1]
-        assert {pa, pb} == set(fk.pool_of(p))
+        assert {pa, pb} == set(p.passive_ports())
         mark = p.log_mark()
         for cmd in ("PASV", "EPSV"):
             r = c.cmd(cmd)
             assert r.code == 425, f"{cmd}: {r}"
-        assert fk.log_lines(p, mark, "ev=passive_ports_exhausted"), p.log_since(mark)
+        assert p.log_lines(mark, "ev=passive_ports_exhausted"), p.log_since(mark)
         assert c.cmd("NOOP").code == 200          # the session goes on
         # The holders transfer on their ports ...
         big = site.files["blob.bin"]
         for cl, port in ((a, pa), (b, pb)):
             assert transfer_on(cl, port, "/blob.bin") == (big.size, big.sha)
         # ... which are then free again for c, while a and b stay logged in.
-        h.wait_until(lambda: not fk.pool_ports_busy(p), 5, what="ports closed")
+        h.wait_until(lambda: not p.pool_ports_busy(), 5, what="ports closed")
         download_ok(c, site)
         assert a.cmd("NOOP").code == 200 and b.cmd("NOOP").code == 200
     finally:

@@ -37,7 +37,7 @@ import pytest
 
 import faultkit as fk
 import harness as h
-from faultkit import KiB, MiB
+from harness import KiB, MiB
 
 SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "120"))
 SOAK_SESSIONS = int(os.environ.get("SOAK_SESSIONS", "100"))
@@ -56,10 +56,8 @@ SITE_POOL = h.free_port_range(200)
 
 @pytest.fixture(scope="module")
 def site(workdir):
-    s = fk.Site(workdir, "soak", sizes=SIZES, pasv_ports=1, pasv_range=SITE_POOL)
-    s.start()
-    yield s
-    s.stop()
+    with h.Site(workdir, "soak", [fk.SITE], sizes=SIZES, pasv_ports=1, pasv_range=SITE_POOL) as s:
+        yield s
 
 
 class Tally:
@@ -83,7 +81,7 @@ class Tally:
 
 
 class Worker(threading.Thread):
-    def __init__(self, i: int, p: h.Proxy, certs, site: fk.Site, deadline: float, t: Tally):
+    def __init__(self, i: int, p: h.Proxy, certs, site: h.Site, deadline: float, t: Tally):
         super().__init__(daemon=True, name=f"soak-{i}")
         self.i, self.p, self.certs, self.site, self.deadline, self.t = i, p, certs, site, \
             deadline, t
@@ -100,7 +98,7 @@ class Worker(threading.Thread):
                 time.sleep(0.5)
 
     def session(self):
-        c = fk.login(self.p, self.certs, timeout=30)
+        c = h.login(self.p, self.certs, fk.USER, timeout=30)
         self.t.add("session")
         try:
             for _ in range(self.rng.randint(2, 10)):
@@ -122,7 +120,7 @@ class Worker(threading.Thread):
 
     def download(self, c):
         name = self.rng.choice(list(SIZES))
-        got, n, resp = fk.retr(c, f"/{name}")
+        got, n, resp = h.retr(c, f"/{name}")
         f = self.site.files[name]
         if not resp.startswith("226"):
             raise AssertionError(f"RETR {name}: {resp}")
@@ -139,7 +137,7 @@ class Worker(threading.Thread):
         size = self.rng.choice([0, 1, 1000, 64 * KiB, 300 * KiB, 1 * MiB, 3 * MiB])
         data = self.rng.randbytes(size)
         name = f"w{self.i}-{self.n}.bin"
-        resp = fk.stor(c, f"/upload/{name}", data)
+        resp = h.stor(c, f"/upload/{name}", data)
         if not resp.startswith("226"):
             raise AssertionError(f"STOR {name}: {resp}")
         path = self.site.root / "upload" / name
@@ -160,7 +158,7 @@ class Worker(threading.Thread):
     def abort_download(self, c):
         name = self.rng.choice(BIG_ENOUGH_TO_CUT)
         conn, _ = c.ntransfercmd(f"RETR /{name}")
-        fk.read_n(conn, self.rng.randint(1, 256) * KiB)
+        h.read_all(conn, self.rng.randint(1, 256) * KiB)
         c.send_raw(b"ABOR\r\n")
         with contextlib.suppress(OSError, ssl.SSLError):
             conn.close()
@@ -178,7 +176,7 @@ class Worker(threading.Thread):
     def disconnect(self, c):
         if self.rng.random() < 0.5:
             conn, _ = c.ntransfercmd(f"RETR /{self.rng.choice(BIG_ENOUGH_TO_CUT)}")
-            fk.read_n(conn, self.rng.randint(1, 256) * KiB)
+            h.read_all(conn, self.rng.randint(1, 256) * KiB)
         else:
             self.n += 1
             conn, _ = c.ntransfercmd(f"STOR /upload/cut-{self.i}-{self.n}.bin")
@@ -224,7 +222,10 @@ def test_soak_mixed_transfers(make_proxy, certs, site, capsys):
     lo, hi = PROXY_POOL
     p = make_proxy(proxy={"passive_ports": f"{lo}-{hi}", "idle_timeout": "120",
                           "data_timeout": "30", "login_timeout": "60",
-                          "max_sessions_per_ip": "1000", "log_level": "info"},
+                          # every soak thread comes from 127.0.0.1: the per-address
+                          # limits (32 by default) are tested in test_defences.py
+                          "max_sessions_per_ip": "1000", "max_passive_per_ip": "1000",
+                          "max_transfers_per_ip": "1000", "log_level": "info"},
                    backends={"hard": site.section()})
     base = fk.warm_up(p, certs, site)
     procs_before = len(site.session_procs())
@@ -276,8 +277,8 @@ def test_soak_mixed_transfers(make_proxy, certs, site, capsys):
         assert max(last) <= limit, (f"RSS grew: last-minute max {max(last)} KiB > "
                                     f"{limit:.0f} KiB (first-minute max {max(first)} KiB)")
     # Afterwards: every descriptor, port and backend session is back.
-    fk.wait_fds_back(p, base, timeout=30)
-    fk.wait_pool_free(p, 10)
+    p.wait_fds_back(base, timeout=30)
+    p.wait_pool_free(10)
     h.wait_until(lambda: len(site.session_procs()) <= procs_before, 30,
                  what="vsftpd's sessions to end")
     fk.recovered(p, certs, site, base)

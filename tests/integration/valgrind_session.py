@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import faultkit as fk  # noqa: E402
 import harness as h  # noqa: E402
-from faultkit import KiB, MiB, USER  # noqa: E402
+from faultkit import USER  # noqa: E402
+from harness import KiB, MiB  # noqa: E402
 from harness import PlainControl  # noqa: E402
 
 VALGRIND = ["valgrind", "--tool=memcheck", "--leak-check=full",
@@ -74,12 +75,12 @@ class Steps:
 # --------------------------------------------------------------------------
 
 def step_ftplib(p, certs, site):
-    c = fk.login(p, certs, timeout=30)
+    c = h.login(p, certs, USER, timeout=30)
     try:
-        got, n, _ = fk.retr(c, "/blob.bin")
+        got, n, _ = h.retr(c, "/blob.bin")
         assert got == site.files["blob.bin"].sha
         data = os.urandom(300 * KiB)
-        assert fk.stor(c, "/upload/vg-up.bin", data).startswith("226")
+        assert h.stor(c, "/upload/vg-up.bin", data).startswith("226")
         assert (site.root / "upload" / "vg-up.bin").read_bytes() == data
         lines = []
         c.retrlines("LIST /", lines.append)
@@ -90,9 +91,9 @@ def step_ftplib(p, certs, site):
 
 
 def step_implicit(p, certs, site):
-    c = fk.login(p, certs, implicit=True, timeout=30)
+    c = h.login(p, certs, USER, implicit=True, timeout=30)
     try:
-        assert fk.retr(c, "/blob.bin")[0] == site.files["blob.bin"].sha
+        assert h.retr(c, "/blob.bin")[0] == site.files["blob.bin"].sha
         c.quit()
     finally:
         c.close_quietly()
@@ -102,7 +103,7 @@ def step_curl(p, certs, site, tmp):
     out = tmp / "curl-big.bin"
     r = h.curl(p.port, "/big.bin", user=USER, ca=certs.ca, extra=["-o", str(out)], timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert fk.sha_file(out) == site.files["big.bin"].sha
+    assert h.sha_file(out) == site.files["big.bin"].sha
     src = tmp / "curl-up.bin"
     src.write_bytes(os.urandom(MiB))
     r = h.curl(p.implicit_port, "/upload/vg-curl.bin", user=USER, ca=certs.ca, implicit=True,
@@ -111,11 +112,18 @@ def step_curl(p, certs, site, tmp):
     assert (site.root / "upload" / "vg-curl.bin").read_bytes() == src.read_bytes()
 
 
+def goes_on(c, site) -> None:
+    """The session still answers and downloads whole; then it quits."""
+    assert c.cmd("NOOP").code == 200
+    assert h.retr(c, "/blob.bin")[0] == site.files["blob.bin"].sha
+    c.quit()
+
+
 def step_abor(p, certs, site):
-    c = fk.login(p, certs, timeout=30)
+    c = h.login(p, certs, USER, timeout=30)
     try:
         conn, _ = c.ntransfercmd("RETR /big.bin")
-        fk.read_n(conn, 512 * KiB)
+        h.read_all(conn, 512 * KiB)
         c.send_raw(b"ABOR\r\n")
         with contextlib.suppress(OSError):
             conn.close()
@@ -123,18 +131,16 @@ def step_abor(p, certs, site):
         if codes[0] != 225:
             codes.append(c.reply().code)
         assert codes in ([426, 226], [426, 225], [226, 225]), codes
-        assert c.cmd("NOOP").code == 200
-        assert fk.retr(c, "/blob.bin")[0] == site.files["blob.bin"].sha
-        c.quit()
+        goes_on(c, site)
     finally:
         c.close_quietly()
 
 
 def step_refused_data(p, certs, site):
-    c = fk.login(p, certs, timeout=30)
+    c = h.login(p, certs, USER, timeout=30)
     try:
         # Not resuming the control session.
-        port = fk.pasv_port(c)
+        port = h.pasv_port(c)
         raw = socket.create_connection((p.host, port), 10)
         assert c.cmd("RETR /blob.bin").code == 150
         with contextlib.suppress(OSError):
@@ -144,14 +150,12 @@ def step_refused_data(p, certs, site):
         raw.close()
         assert c.reply().code == 522
         # From another address.
-        port = fk.pasv_port(c)
+        port = h.pasv_port(c)
         with contextlib.suppress(ConnectionResetError):
             with socket.create_connection((p.host, port), 10,
                                           source_address=(h.OTHER_CLIENT_ADDR, 0)) as s:
-                assert fk.closed_within(s, 10)[0]
-        assert c.cmd("NOOP").code == 200
-        assert fk.retr(c, "/blob.bin")[0] == site.files["blob.bin"].sha
-        c.quit()
+                assert h.closed_within(s, 10)[0]
+        goes_on(c, site)
     finally:
         c.close_quietly()
 
@@ -164,7 +168,7 @@ def step_bad_commands(p, certs, site):
         assert c.reply().code // 100 == 5
         assert c.cmd("HOST nosuch.test").code == 504
         assert c.cmd("USER anonymous").code // 100 == 5          # require_tls
-    c = fk.connect(p, certs, timeout=30)
+    c = h.connect(p, certs, timeout=30)
     try:
         c.start_tls()
         assert c.user_pass("nosuch.test|anonymous").code == 530
@@ -181,7 +185,7 @@ def step_bad_commands(p, certs, site):
 
 
 def step_backend_down(p, certs, site):
-    c = fk.connect(p, certs, timeout=30)
+    c = h.connect(p, certs, timeout=30)
     try:
         c.start_tls()
         assert c.user_pass("ftp.down.test|anonymous").code == 421
@@ -191,12 +195,12 @@ def step_backend_down(p, certs, site):
 
 
 def step_vanish(p, certs, site):
-    c = fk.login(p, certs, timeout=30)
+    c = h.login(p, certs, USER, timeout=30)
     conn, _ = c.ntransfercmd("RETR /big.bin")
-    fk.read_n(conn, 256 * KiB)
+    h.read_all(conn, 256 * KiB)
     fk.rst_close(conn)
     fk.vanish(c, rst=True)
-    c = fk.login(p, certs, timeout=30)
+    c = h.login(p, certs, USER, timeout=30)
     conn, _ = c.ntransfercmd("STOR /upload/vg-cut.bin")
     conn.sendall(os.urandom(256 * KiB))
     conn.close()
@@ -207,17 +211,17 @@ def step_vanish(p, certs, site):
 def step_tls_garbage(p, certs, site):
     with socket.create_connection((p.host, p.implicit_port), 10) as s:
         s.sendall(os.urandom(2048))
-        assert fk.closed_within(s, 15)[0]
+        assert h.closed_within(s, 15)[0]
     with PlainControl(p.port, timeout=30) as c:
         assert c.cmd("AUTH TLS").code == 234
         c.send(b"\x16\x03\x01\x00\xc8" + os.urandom(200))      # a whole record of noise
-        assert fk.closed_within(c.sock, 15)[0]
+        assert h.closed_within(c.sock, 15)[0]
 
 
 def step_pasv_unused(p, certs, site):
-    c = fk.login(p, certs, timeout=30)
+    c = h.login(p, certs, USER, timeout=30)
     try:
-        fk.pasv_port(c)
+        h.pasv_port(c)
         assert c.cmd("QUIT").code == 221
     finally:
         c.close_quietly()
@@ -260,7 +264,7 @@ def main() -> int:
     vglog = work / "valgrind.log"
     certs = h.CertFactory(work / "certs")
     certs.central()
-    site = fk.Site(work, "vg", sizes={"blob.bin": 256 * KiB, "big.bin": 8 * MiB}).start()
+    site = h.Site(work, "vg", [fk.SITE], sizes={"blob.bin": 256 * KiB, "big.bin": 8 * MiB}).start()
     steps = Steps()
     result = {"steps": steps.results, "memcheck": False, "exit": None, "valgrind": {}}
     p = None
@@ -291,7 +295,7 @@ def main() -> int:
         steps.run("TLS garbage", step_tls_garbage, p, certs, site)
         steps.run("PASV never used", step_pasv_unused, p, certs, site)
         # A session still open at SIGTERM: ended by the shutdown.
-        open_session = fk.login(p, certs, timeout=30)
+        open_session = h.login(p, certs, USER, timeout=30)
         time.sleep(0.5)
         alive = p.alive()
         steps.results["alive through every step"] = alive

@@ -7,8 +7,21 @@
 #define CHECK_INT(name, got, want)                                                                 \
     do {                                                                                           \
         long got_ = (long)(got), want_ = (long)(want);                                             \
+        const char *name_ = (name);                                                                \
         if (got_ != want_) {                                                                       \
-            print_message("case \"%s\": %s is %ld, want %ld\n", (name), #got, got_, want_);        \
+            print_message("case \"%s\": %s is %ld, want %ld\n", name_ != NULL ? name_ : "?", #got,  \
+                          got_, want_);                                                            \
+            fail();                                                                                \
+        }                                                                                          \
+    } while (0)
+
+
+#define CHECK_STR(name, got, want)                                                                 \
+    do {                                                                                           \
+        const char *got_ = (got), *want_ = (want);                                                 \
+        if (got_ == NULL || strcmp(got_, want_) != 0) {                                            \
+            print_message("case \"%s\": %s is \"%s\", want \"%s\"\n", (name), #got,                \
+                          got_ != NULL ? got_ : "(null)", want_);                                  \
             fail();                                                                                \
         }                                                                                          \
     } while (0)

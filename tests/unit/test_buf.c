@@ -10,18 +10,11 @@
 #include "check.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "buf.h"
 #include "px.h"
-
-#define CHECK_STR(name, got, want)                                                                 \
-    do {                                                                                           \
-        if (strcmp((got), (want)) != 0) {                                                          \
-            print_message("case \"%s\": got \"%s\", want \"%s\"\n", (name), (got), (want));        \
-            fail();                                                                                \
-        }                                                                                          \
-    } while (0)
 
 /* A script of buffer operations, each checked against its expected value. */
 enum op_kind {
@@ -254,12 +247,101 @@ static void test_pinned(void **state)
     buf_free(&b);
 }
 
+/* An elastic buffer: buf_grow multiplies by BUF_GROWTH up to max and keeps the bytes; while
+ * pinned it waits, and grows at the consume that ends the write. A counting
+ * allocator sees every byte given back. */
+static long held_bytes;
+
+static void *count_get(void *arg, size_t cap)
+{
+    (void)arg;
+    held_bytes += (long)cap;
+    return malloc(cap);
+}
+
+static void count_put(void *arg, void *p, size_t cap)
+{
+    (void)arg;
+    held_bytes -= (long)cap;
+    free(p);
+}
+
+static void test_grow(void **state)
+{
+    static const struct buf_alloc counting = {count_get, count_put, NULL};
+    static const struct {
+        size_t cap, max;
+        size_t want[4]; /* capacity after each buf_grow */
+        int rc[4];      /* and its result */
+    } cases[] = {
+        {16, 16, {16, 16, 16, 16}, {PX_ENOSPC, PX_ENOSPC, PX_ENOSPC, PX_ENOSPC}},
+        {16, 64, {64, 64, 64, 64}, {0, PX_ENOSPC, PX_ENOSPC, PX_ENOSPC}},
+        {16, 40, {40, 40, 40, 40}, {0, PX_ENOSPC, PX_ENOSPC, PX_ENOSPC}},
+        {16, 1024, {128, 1024, 1024, 1024}, {0, 0, PX_ENOSPC, PX_ENOSPC}},
+    };
+    char name[32];
+
+    (void)state;
+    for (size_t i = 0; i < PX_NELEM(cases); i++) {
+        struct buf b;
+
+        snprintf(name, sizeof(name), "grow %zu", i);
+        buf_init(&b, cases[i].cap);
+        buf_set_max(&b, cases[i].max);
+        buf_set_alloc(&b, &counting);
+        CHECK_INT(name, buf_append(&b, "0123456789", 10), 0);
+        buf_consume(&b, 3);
+        for (size_t k = 0; k < 4; k++) {
+            int rc = buf_grow(&b);
+
+            CHECK_INT(name, buf_cap(&b), cases[i].want[k]);
+            CHECK_INT(name, rc, cases[i].rc[k]);
+            CHECK_INT(name, held_bytes, (long)buf_cap(&b));
+            CHECK_INT(name, buf_len(&b), 7);
+            CHECK_INT(name, memcmp(buf_head(&b), "3456789", 7), 0);
+        }
+        buf_free(&b);
+        CHECK_INT(name, held_bytes, 0);
+    }
+}
+
+static void test_grow_pinned(void **state)
+{
+    struct buf b;
+
+    (void)state;
+    buf_init(&b, 8);
+    buf_set_max(&b, 128);
+    assert_int_equal(buf_append(&b, "abcdefgh", 8), 0);
+    b.pinned = 1;
+    assert_int_equal(buf_grow(&b), PX_EBUSY);
+    assert_int_equal(buf_cap(&b), 8);
+    b.pinned = 0;
+    buf_consume(&b, 2); /* the write is over: the growth happens now */
+    assert_int_equal(buf_cap(&b), 64);
+    assert_int_equal(buf_len(&b), 6);
+    assert_memory_equal(buf_head(&b), "cdefgh", 6);
+    assert_int_equal(buf_room(&b), 58);
+    buf_consume(&b, 1); /* no growth was asked for since */
+    assert_int_equal(buf_cap(&b), 64);
+    buf_free(&b);
+    /* Without storage, growing only sets the size of the next allocation. */
+    buf_init(&b, 8);
+    buf_set_max(&b, 32);
+    assert_int_equal(buf_grow(&b), 0);
+    assert_null(b.data);
+    assert_int_equal(buf_room(&b), 32);
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_script),
         cmocka_unit_test(test_take_line),
         cmocka_unit_test(test_pinned),
+        cmocka_unit_test(test_grow),
+        cmocka_unit_test(test_grow_pinned),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

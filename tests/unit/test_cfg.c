@@ -1,8 +1,8 @@
 /* test_cfg.c - the configuration loader. Most cases are INI text given to
  * cfg_parse() after a prefix shared by the table, with the exact number of
  * reports it must produce and text they must contain; cases that parse may
- * also check the struct. Then the sample config/ftpsgate.ini, cfg_load()'s
- * file checks, the CIDR matcher and the enum names. */
+ * also check the struct. Then the sample config/ftpsgate.ini, the CIDR
+ * matcher and the enum names (reading files: test_loader.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,15 +21,6 @@
 #include "cfg.h"
 #include "px.h"
 
-#define CHECK_STR(name, got, want)                                                                 \
-    do {                                                                                           \
-        const char *got_ = (got), *want_ = (want);                                                 \
-        if (got_ == NULL || strcmp(got_, want_) != 0) {                                            \
-            print_message("case \"%s\": %s is \"%s\", want \"%s\"\n", (name), #got,                \
-                          got_ != NULL ? got_ : "(null)", want_);                                  \
-            fail();                                                                                \
-        }                                                                                          \
-    } while (0)
 
 /* Lines 1-3: a [proxy] that needs nothing more. */
 #define BASE "[proxy]\ncertificate = /c.crt\nprivate_key = /c.key\n"
@@ -157,11 +148,11 @@ static void check_defaults(const struct cfg *c)
     CHECK_STR(current, c->listen[0].text, "0.0.0.0:21");
     CHECK_INT(current, c->listen[0].line, 0);
     CHECK_INT(current, c->n_listen_implicit, 0);
-    CHECK_STR(current, c->certificate, "/c.crt");
-    CHECK_STR(current, c->private_key, "/c.key");
+    CHECK_STR(current, c->certs.cert[0], "/c.crt");
+    CHECK_STR(current, c->certs.key[0], "/c.key");
     CHECK_INT(current, c->ca_file == NULL, 1);
-    CHECK_INT(current, c->passive_min, 50000);
-    CHECK_INT(current, c->passive_max, 50999);
+    CHECK_INT(current, c->passive_min, 61000);
+    CHECK_INT(current, c->passive_max, 61999);
     CHECK_INT(current, c->has_passive_address, 0);
     CHECK_INT(current, c->default_backend, -1);
     CHECK_INT(current, c->host_separator, '|');
@@ -203,8 +194,8 @@ static void check_every_key(const struct cfg *c)
     CHECK_STR(current, c->listen_implicit[0].text, "[::1]:990");
     CHECK_INT(current, c->listen_implicit[0].sa.ss_family, AF_INET6);
     CHECK_INT(current, c->listen_implicit[0].salen, sizeof(struct sockaddr_in6));
-    CHECK_STR(current, c->certificate, "/etc/ftpsgate/central.crt");
-    CHECK_STR(current, c->private_key, "/etc/ftpsgate/central.key");
+    CHECK_STR(current, c->certs.cert[0], "/etc/ftpsgate/central.crt");
+    CHECK_STR(current, c->certs.key[0], "/etc/ftpsgate/central.key");
     CHECK_STR(current, c->ca_file, "/etc/ftpsgate/ca.pem");
     CHECK_INT(current, c->passive_min, 1024);
     CHECK_INT(current, c->passive_max, 65535);
@@ -240,14 +231,14 @@ static void check_every_key(const struct cfg *c)
     CHECK_STR(current, c->backends[0].name, "a");
     CHECK_INT(current, c->backends[0].line, 33);
     CHECK_STR(current, c->backends[1].name, "b.2_x-y");
-    CHECK_STR(current, c->backends[1].address.text, "[2001:db8::5]:2121");
-    CHECK_STR(current, c->backends[1].certificate, "/b.crt");
-    CHECK_STR(current, c->backends[1].private_key, "/b.key");
+    CHECK_STR(current, c->backends[1].address[0].text, "[2001:db8::5]:2121");
+    CHECK_STR(current, c->backends[1].certs.cert[0], "/b.crt");
+    CHECK_STR(current, c->backends[1].certs.key[0], "/b.key");
     CHECK_INT(current, c->backends[1].certificate_line, 38);
     CHECK_INT(current, c->backends[1].max_sessions, 1000000);
     CHECK_INT(current, c->backends[0].max_sessions, 0);
-    CHECK_INT(current, c->backends[0].certificate == NULL, 1);
-    CHECK_INT(current, c->backends[0].private_key == NULL, 1);
+    CHECK_INT(current, c->backends[0].certs.n_cert, 0);
+    CHECK_INT(current, c->backends[0].certs.n_key, 0);
 }
 
 static void check_listen_lists(const struct cfg *c)
@@ -480,8 +471,11 @@ static void test_lists(void **state)
          "test.ini:5: banner: takes one value, so it cannot continue on an indented line"},
         {"scalar continued after an empty value", "banner =\n  b\n", 1,
          "test.ini:5: banner: takes one value"},
-        {"an indented key line continues the key before", "  banner = hello\n", 1,
-         "test.ini:4: private_key: takes one value"},
+        {"an indented key line continues the key before", "ca_file = /ca\n  banner = hello\n", 1,
+         "test.ini:5: ca_file: takes one value"},
+        {"an indented line continues a list of files", "  /d.key\n", 1,
+         "test.ini:2: certificate: [proxy] lists 1 certificate file and 2 private_key files; "
+         "give one key per certificate, in the same order"},
     };
 
     (void)state;
@@ -510,7 +504,7 @@ static void test_bad_values(void **state)
          "test.ini:4: metrics_listen: expected IPv4:port or [IPv6]:port"},
         {"passive_ports below 1024", "passive_ports = 80-90\n", 1,
          "test.ini:4: passive_ports: expected LOW-HIGH with 1024 <= LOW <= HIGH <= 65535 (such as "
-         "50000-50999), got \"80-90\""},
+         "61000-61999), got \"80-90\""},
         {"passive_ports reversed", "passive_ports = 60000-50000\n", 1, "passive_ports: expected"},
         {"passive_ports one number", "passive_ports = 50000\n", 1, "passive_ports: expected"},
         {"passive_ports past 65535", "passive_ports = 50000-70000\n", 1, "passive_ports: expected"},
@@ -670,12 +664,21 @@ static void test_structure(void **state)
         {"empty key", BASE "= x\n", 1, "test.ini:4: expected key = value"},
         {"scalar given twice", BASE "banner = a\nbanner = b\n", 1,
          "test.ini:5: banner: given twice (first on line 4); give it once"},
-        {"certificate given twice", BASE "certificate = /d.crt\n", 1,
-         "test.ini:4: certificate: given twice (first on line 2); give it once"},
-        {"given twice over two [proxy] sections", BASE BACKEND_A "[proxy]\ncertificate = /x\n", 1,
-         "test.ini:7: certificate: given twice (first on line 2)"},
-        {"backend key given twice", BASE BACKEND_A "address = 10.0.0.2:21\n", 1,
-         "test.ini:6: address: given twice (first on line 5); give it once"},
+        {"ca_file given twice", BASE "ca_file = /a\nca_file = /b\n", 1,
+         "test.ini:5: ca_file: given twice (first on line 4); give it once"},
+        {"given twice over two [proxy] sections", BASE "banner = a\n" BACKEND_A "[proxy]\nbanner = b\n",
+         1, "test.ini:8: banner: given twice (first on line 4)"},
+        {"certificate repeated: a list without its keys", BASE "certificate = /d.crt\n", 1,
+         "test.ini:2: certificate: [proxy] lists 2 certificate files and 1 private_key file"},
+        {"backend key given twice", BASE BACKEND_A "max_sessions = 2\nmax_sessions = 3\n", 1,
+         "test.ini:7: max_sessions: given twice (first on line 6); give it once"},
+        {"backend address listed twice", BASE BACKEND_A "address = 10.0.0.2:21, 10.0.0.1:21\n", 1,
+         "test.ini:6: address: [backend:a]: 10.0.0.1:21 is listed twice (first on line 5); "
+         "list each server once"},
+        {"health_check out of range", BASE BACKEND_A "health_check = 3601\n", 1,
+         "test.ini:6: health_check: expected a whole number from 0 to 3600, got \"3601\""},
+        {"preconnect out of range", BASE BACKEND_A "preconnect = 257\n", 1,
+         "test.ini:6: preconnect: expected a whole number from 0 to 256, got \"257\""},
         {"duplicate backend", BASE BACKEND_A BACKEND_A, 1,
          "test.ini:6: [backend:a]: backend a is already defined on line 4; give each backend one "
          "section"},
@@ -697,18 +700,18 @@ static void test_structure(void **state)
          "test.ini:4: proxy_protocol: v1 needs proxy_protocol_from, the CIDRs allowed to send a "
          "PROXY header"},
         {"everything in one pass",
-         "port = 21\n[proxy]\ncertificate = /a\ncertificate = /b\nlisten = 1.2.3.4:0\n"
+         "port = 21\n[proxy]\ncertificate = /a\nbanner = a\nbanner = b\nlisten = 1.2.3.4:0\n"
          "[x]\nk = v\n[backend:a]\ncertificate = /x\n[backend:a]\naddress = 10.0.0.1:21\n"
          "max_sessions = 0\n[proxy]\nproxy_protocol = v2\ndefault_backend = zz\nworkers = 99\n",
          12,
-         "test.ini:1: port: outside any section\ntest.ini:4: certificate: given twice\n"
-         "test.ini:5: listen: expected\ntest.ini:6: [x]: unknown section\n"
-         "test.ini:8: address: missing from [backend:a]\n"
-         "test.ini:9: certificate: given without private_key\n"
-         "test.ini:10: [backend:a]: backend a is already defined on line 8\n"
-         "test.ini:12: max_sessions: expected\ntest.ini:16: workers: expected\n"
-         "test.ini:2: private_key: missing\ntest.ini:14: proxy_protocol: v2 needs\n"
-         "test.ini:15: default_backend: no [backend:zz]"},
+         "test.ini:1: port: outside any section\ntest.ini:5: banner: given twice\n"
+         "test.ini:6: listen: expected\ntest.ini:7: [x]: unknown section\n"
+         "test.ini:9: address: missing from [backend:a]\n"
+         "test.ini:10: certificate: given without private_key\n"
+         "test.ini:11: [backend:a]: backend a is already defined on line 9\n"
+         "test.ini:13: max_sessions: expected\ntest.ini:17: workers: expected\n"
+         "test.ini:2: private_key: missing\ntest.ini:15: proxy_protocol: v2 needs\n"
+         "test.ini:16: default_backend: no [backend:zz]"},
     };
 
     (void)state;
@@ -808,101 +811,56 @@ static void test_sample(void **state)
     CHECK_INT("sample", c->n_backends, 2);
     CHECK_STR("sample", c->backends[0].name, "alpha");
     CHECK_STR("sample", c->backends[1].name, "beta");
-    CHECK_INT("sample", c->backends[0].certificate == NULL, 1);
-    CHECK_STR("sample", c->backends[1].certificate, "/etc/ftpsgate/beta.crt");
+    CHECK_INT("sample", c->backends[0].certs.n_cert, 0);
+    CHECK_STR("sample", c->backends[1].certs.cert[0], "/etc/ftpsgate/beta.crt");
     CHECK_INT("sample", c->backends[1].n_hostnames, 2);
     CHECK_INT("sample", c->default_backend, 0);
-    CHECK_STR("sample", c->certificate, "/etc/ftpsgate/central.crt");
+    CHECK_STR("sample", c->certs.cert[0], "/etc/ftpsgate/central.crt");
     cfg_free(c);
     free(text);
 }
 
-static void write_file(const char *path, const char *text)
+/* address lists: continued and repeated lines accumulate, up to 64; the
+ * health keys' defaults and values. */
+static void test_addresses(void **state)
 {
-    FILE *f = fopen(path, "w");
-
-    assert_non_null(f);
-    fputs(text, f);
-    assert_int_equal(fclose(f), 0);
-}
-
-static void test_load(void **state)
-{
+    static const char ini[] = BASE "[backend:a]\naddress = 10.0.0.1:21, [::1]:2121\n"
+                                   "  10.0.0.2:21\naddress = 10.0.0.3:21\nhealth_check = 0\n"
+                                   "preconnect = 4\n[backend:b]\naddress = 10.0.0.4:21\n";
     struct reports r = {0, ""};
     struct cfg *c = NULL;
-    char dir[] = "/tmp/test_cfg.XXXXXX", ini[64], crt[64], key[64], sub[64], text[1024];
-    char want[256];
-    int rc;
+    char big[4096];
+    size_t n;
 
     (void)state;
-    assert_non_null(mkdtemp(dir));
-    snprintf(ini, sizeof ini, "%s/ftpsgate.ini", dir);
-    snprintf(crt, sizeof crt, "%s/c.crt", dir);
-    snprintf(key, sizeof key, "%s/c.key", dir);
-    snprintf(sub, sizeof sub, "%s/sub", dir);
-    write_file(crt, "PEM\n");
-    write_file(key, "PEM\n");
-    assert_int_equal(mkdir(sub, 0700), 0);
-
-    /* Every file there: it loads. */
-    snprintf(text, sizeof text, "[proxy]\ncertificate = %s\nprivate_key = %s\n", crt, key);
-    write_file(ini, text);
-    rc = cfg_load(ini, collect, &r, &c);
-    CHECK_INT("load", rc, 0);
-    CHECK_INT("load", r.n, 0);
-    CHECK_STR("load", c->path, ini);
+    CHECK_INT("list", cfg_parse(ini, sizeof ini - 1, "test.ini", collect, &r, &c), 0);
+    CHECK_INT("list", c->backends[0].n_address, 4);
+    CHECK_STR("list", c->backends[0].address[1].text, "[::1]:2121");
+    CHECK_STR("list", c->backends[0].address[3].text, "10.0.0.3:21");
+    CHECK_INT("list", c->backends[0].address[2].line, 6);
+    CHECK_INT("list", c->backends[0].health_check, 0);
+    CHECK_INT("list", c->backends[0].preconnect, 4);
+    CHECK_INT("defaults", c->backends[1].n_address, 1);
+    CHECK_INT("defaults", c->backends[1].health_check, 10);
+    CHECK_INT("defaults", c->backends[1].preconnect, 0);
     cfg_free(c);
 
-    /* A missing file, a directory, and a backend's files: all reported. */
-    snprintf(text, sizeof text,
-             "[proxy]\ncertificate = %s/missing.crt\nprivate_key = %s\nca_file = %s\n"
-             "[backend:a]\naddress = 10.0.0.1:21\ncertificate = %s\nprivate_key = %s/nokey\n",
-             dir, key, sub, crt, dir);
-    write_file(ini, text);
-    rc = cfg_load(ini, collect, &r, &c);
-    CHECK_INT("load missing", rc, PX_EINVAL);
-    CHECK_INT("load missing", c == NULL, 1);
-    CHECK_INT("load missing", r.n, 3);
-    snprintf(want, sizeof want,
-             "%s:2: certificate: cannot read %s/missing.crt: No such file or directory", ini, dir);
-    CHECK_INT(want, strstr(r.text, want) != NULL, 1);
-    snprintf(want, sizeof want, "%s:4: ca_file: cannot read %s: not a regular file", ini, sub);
-    CHECK_INT(want, strstr(r.text, want) != NULL, 1);
-    snprintf(want, sizeof want,
-             "%s:8: private_key: site a: cannot read %s/nokey: No such file or directory", ini,
-             dir);
-    CHECK_INT(want, strstr(r.text, want) != NULL, 1);
-
-    /* cfg_parse() opens nothing. */
-    r.n = 0;
-    r.text[0] = '\0';
-    CHECK_INT("parse opens nothing", cfg_parse(text, strlen(text), "x", collect, &r, &c), 0);
-    cfg_free(c);
-
-    /* The configuration itself missing. */
-    r.n = 0;
-    r.text[0] = '\0';
-    rc = cfg_load(crt, collect, &r, &c); /* readable but not INI: a parse error */
-    CHECK_INT("load not ini", rc, PX_EINVAL);
-    r.n = 0;
-    r.text[0] = '\0';
-    snprintf(want, sizeof want, "%s/none.ini", dir);
-    rc = cfg_load(want, collect, &r, &c);
-    CHECK_INT("load no file", rc, PX_ENOENT);
-    CHECK_INT("load no file", c == NULL, 1);
-    CHECK_INT("load no file", r.n, 1);
-    CHECK_INT("load no file",
-              strstr(r.text, "none.ini:0: cannot read the configuration: No such file or "
-                             "directory") != NULL,
-              1);
-    rc = cfg_load(sub, collect, &r, &c);
-    CHECK_INT("load a directory", rc, PX_ENOENT);
-
-    unlink(ini);
-    unlink(crt);
-    unlink(key);
-    rmdir(sub);
-    rmdir(dir);
+    for (unsigned want = 64; want <= 65; want++) {
+        n = (size_t)snprintf(big, sizeof(big), BASE "[backend:a]\n");
+        for (unsigned i = 0; i < want; i++)
+            n += (size_t)snprintf(big + n, sizeof(big) - n, "address = 10.0.%u.%u:21\n", i / 200,
+                                  i % 200 + 1);
+        memset(&r, 0, sizeof(r));
+        c = NULL;
+        CHECK_INT("64 or 65", cfg_parse(big, n, "test.ini", collect, &r, &c),
+                  want == 64 ? 0 : PX_EINVAL);
+        if (want == 65)
+            CHECK_STR("65", r.text,
+                      "test.ini:69: address: [backend:a] lists 65 addresses; give at most 64\n");
+        else
+            CHECK_INT("64", c->backends[0].n_address, 64);
+        cfg_free(c);
+    }
 }
 
 static void test_cidr_contains(void **state)
@@ -979,6 +937,63 @@ static void test_names(void **state)
     CHECK_STR("pp 9", cfg_proxy_protocol_name((enum cfg_proxy_protocol)9), "?");
 }
 
+/* Several files into one configuration: an included file holds
+ * [backend:NAME] sections only, its relative paths join its folder, its
+ * problems name it and its own line numbers, and conflicts across files name
+ * both. */
+static void test_include(void **state)
+{
+    static const char main_ini[] =
+        "[proxy]\ncertificate = c.crt\nprivate_key = /abs/c.key\ninclude = sites.d/*.ini\n";
+    static const char site_a[] = "[backend:a]\naddress = 10.0.0.1:21\nhostnames = a.example\n"
+                                 "certificate = a.crt\nprivate_key = keys/a.key\n";
+    static const char site_b[] = "[backend:b]\naddress = 10.0.0.2:21\nhostnames = a.example\n"
+                                 "[proxy]\nbanner = no\n[backend:a]\naddress = 10.0.0.3:21\n";
+    struct reports r = {0, ""};
+    struct cfg_parser *p;
+    struct cfg *c = NULL;
+
+    (void)state;
+    p = cfg_begin(collect, &r, NULL, NULL);
+    assert_non_null(p);
+    cfg_feed(p, main_ini, strlen(main_ini), "/etc/f/main.ini", "/etc/f", true);
+    CHECK_INT("include patterns", cfg_peek(p)->n_includes, 1);
+    CHECK_STR("include pattern joined", cfg_peek(p)->includes[0], "/etc/f/sites.d/*.ini");
+    cfg_feed(p, site_a, strlen(site_a), "/etc/f/sites.d/a.ini", "/etc/f/sites.d", false);
+    CHECK_INT("good so far", r.n, 0);
+    cfg_feed(p, site_b, strlen(site_b), "/etc/f/sites.d/b.ini", "/etc/f/sites.d", false);
+    CHECK_INT("end", cfg_end(p, &c), PX_EINVAL);
+    CHECK_INT("reports", r.n, 3);
+    CHECK_INT("conflict names both files",
+              strstr(r.text, "/etc/f/sites.d/b.ini:3: hostnames: a.example is claimed by both "
+                             "[backend:a] (/etc/f/sites.d/a.ini, line 3) and [backend:b] "
+                             "(line 3)") != NULL,
+              1);
+    CHECK_INT("[proxy] refused in an included file",
+              strstr(r.text, "/etc/f/sites.d/b.ini:4: [proxy]: an included file holds "
+                             "[backend:NAME] sections only") != NULL,
+              1);
+    CHECK_INT("a duplicate backend names the other file",
+              strstr(r.text, "/etc/f/sites.d/b.ini:6: [backend:a]: backend a is already defined "
+                             "in /etc/f/sites.d/a.ini on line 1") != NULL,
+              1);
+
+    /* Without b: relative paths joined to each file's folder. */
+    r.n = 0;
+    r.text[0] = '\0';
+    p = cfg_begin(collect, &r, NULL, NULL);
+    cfg_feed(p, main_ini, strlen(main_ini), "/etc/f/main.ini", "/etc/f", true);
+    cfg_feed(p, site_a, strlen(site_a), "/etc/f/sites.d/a.ini", "/etc/f/sites.d", false);
+    CHECK_INT("good", cfg_end(p, &c), 0);
+    CHECK_STR("central relative", c->certs.cert[0], "/etc/f/c.crt");
+    CHECK_STR("central absolute", c->certs.key[0], "/abs/c.key");
+    CHECK_STR("site relative", c->backends[0].certs.cert[0], "/etc/f/sites.d/a.crt");
+    CHECK_STR("site subfolder", c->backends[0].certs.key[0], "/etc/f/sites.d/keys/a.key");
+    CHECK_STR("the backend's file", c->backends[0].file, "/etc/f/sites.d/a.ini");
+    CHECK_INT("files", c->n_files, 2);
+    cfg_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -987,7 +1002,8 @@ int main(void)
         cmocka_unit_test(test_bad_values), cmocka_unit_test(test_hostnames),
         cmocka_unit_test(test_structure),  cmocka_unit_test(test_lines),
         cmocka_unit_test(test_nul),        cmocka_unit_test(test_sample),
-        cmocka_unit_test(test_load),       cmocka_unit_test(test_cidr_contains),
+        cmocka_unit_test(test_cidr_contains),
+        cmocka_unit_test(test_addresses), cmocka_unit_test(test_include),
         cmocka_unit_test(test_names),
     };
 

@@ -604,6 +604,130 @@ static void test_feat_drop(void **state)
                   cases[i].drop);
 }
 
+static void test_passive_line(void **state)
+{
+    static const struct {
+        const char *name;
+        int code;
+        const char *line;
+        int rc;
+        uint16_t port;
+    } cases[] = {
+        {"227 first line", 227, "227 Entering Passive Mode (10,0,0,5,195,80).", 0, 50000},
+        {"227 no parens", 227, "227 =10,0,0,5,4,1", 0, 1025},
+        {"227 multi-line head", 227, "227-Entering Passive Mode (1,2,3,4,0,21)", 0, 21},
+        {"227 middle line, no code", 227, "1,2,3,4,5,6", 0, 1286},
+        {"227 text only", 227, "227 Entering Passive Mode", PX_EINVAL, 0},
+        {"227 port 0", 227, "227 (1,2,3,4,0,0)", PX_EINVAL, 0},
+        {"229", 229, "229 Entering Extended Passive Mode (|||27035|)", 0, 27035},
+        {"229 other delimiter", 229, "229 (!!!2121!)", 0, 2121},
+        {"229 mixed delimiters", 229, "229 (|||2121!)", PX_EINVAL, 0},
+        {"229 port too big", 229, "229 (|||65536|)", PX_EINVAL, 0},
+        {"another code", 200, "200 (1,2,3,4,5,6)", PX_EINVAL, 0},
+        {"a 229 read as 227", 227, "229 (|||2121|)", PX_EINVAL, 0},
+        {"empty", 227, "", PX_EINVAL, 0},
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < PX_NELEM(cases); i++) {
+        uint16_t port = 0;
+
+        CHECK_INT(cases[i].name,
+                  ftp_passive_line(cases[i].code, cases[i].line, strlen(cases[i].line), &port),
+                  cases[i].rc);
+        if (cases[i].rc == 0)
+            CHECK_INT(cases[i].name, port, cases[i].port);
+    }
+}
+
+static void test_feat_merge(void **state)
+{
+    static const struct {
+        const char *name;
+        unsigned line_no;
+        bool last;
+        const char *line;
+        enum ftp_feat_step step;
+    } cases[] = {
+        {"head", 1, false, "211-Features:", FTP_FEAT_RELAY},
+        {"no list", 1, true, "211 no features", FTP_FEAT_OURS_ONLY},
+        {"refused", 1, true, "500 FEAT not understood", FTP_FEAT_OURS_ONLY},
+        {"a feature of the backend", 2, false, " MDTM", FTP_FEAT_RELAY},
+        {"one the proxy owns", 3, false, " EPSV", FTP_FEAT_DROP},
+        {"AUTH", 3, false, " AUTH TLS", FTP_FEAT_DROP},
+        {"end", 9, true, "211 End", FTP_FEAT_OURS_FIRST},
+    };
+    static const struct {
+        unsigned flags;
+        const char *text;
+    } own[] = {
+        {0, " AUTH TLS\r\n PBSZ\r\n PROT\r\n HOST\r\n EPSV\r\n PASV\r\n"},
+        {FTP_FEAT_HEAD | FTP_FEAT_UTF8 | FTP_FEAT_END,
+         "211-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n HOST\r\n EPSV\r\n PASV\r\n"
+         " UTF8\r\n211 End\r\n"},
+        {FTP_FEAT_HEAD | FTP_FEAT_EPRT | FTP_FEAT_END,
+         "211-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n HOST\r\n EPSV\r\n PASV\r\n"
+         " EPRT\r\n211 End\r\n"},
+    };
+    char buf[256];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < PX_NELEM(cases); i++)
+        CHECK_INT(cases[i].name,
+                  ftp_feat_step(cases[i].line_no, cases[i].last, cases[i].line,
+                                strlen(cases[i].line)),
+                  cases[i].step);
+    for (i = 0; i < PX_NELEM(own); i++) {
+        CHECK_INT(own[i].text, ftp_feat_own(buf, sizeof(buf), own[i].flags),
+                  strlen(own[i].text));
+        CHECK_STR(own[i].text, buf, own[i].text);
+    }
+    CHECK_INT("too small", ftp_feat_own(buf, 10, 0), 0);
+}
+
+static void test_alpn_and_http(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *list;
+        size_t len;
+        int rc;
+        size_t at;
+    } alpn[] = {
+        {"ftp alone", "\x03" "ftp", 4, 1, 1},
+        {"http then ftp", "\x08" "http/1.1" "\x03" "ftp", 13, 1, 10},
+        {"http only", "\x08" "http/1.1", 9, 0, 0},
+        {"ftps is not ftp", "\x04" "ftps", 5, 0, 0},
+        {"empty", "", 0, PX_EINVAL, 0},
+        {"zero length", "\x00" "\x03" "ftp", 5, PX_EINVAL, 0},
+        {"runs past the end", "\x05" "ftp", 4, PX_EINVAL, 0},
+    };
+    static const struct {
+        const char *line;
+        bool http;
+    } http[] = {
+        {"GET / HTTP/1.1", true},  {"POST /x HTTP/1.0", true}, {"OPTIONS * HTTP/1.1", true},
+        {"CONNECT a:443 HTTP/1.1", true}, {"PUT x", true},     {"GET", false},
+        {"get / HTTP/1.1", false}, {"GETX /", false},          {"USER anonymous", false},
+        {"HEAD", false},
+    };
+    size_t i, at;
+
+    (void)state;
+    for (i = 0; i < PX_NELEM(alpn); i++) {
+        at = 0;
+        CHECK_INT(alpn[i].name,
+                  ftp_alpn_select((const uint8_t *)alpn[i].list, alpn[i].len, &at), alpn[i].rc);
+        if (alpn[i].rc == 1)
+            CHECK_INT(alpn[i].name, at, alpn[i].at);
+    }
+    for (i = 0; i < PX_NELEM(http); i++)
+        CHECK_INT(http[i].line, ftp_is_http_request(http[i].line, strlen(http[i].line)),
+                  http[i].http);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -620,6 +744,9 @@ int main(void)
         cmocka_unit_test(test_split_user),
         cmocka_unit_test(test_check_host_arg),
         cmocka_unit_test(test_feat_drop),
+        cmocka_unit_test(test_passive_line),
+        cmocka_unit_test(test_feat_merge),
+        cmocka_unit_test(test_alpn_and_http),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -166,10 +166,32 @@ static void test_exhaust_all(void **state)
     portpool_free(&p);
 }
 
+/* A worker's pool on the heap: retired with no port out it goes at once;
+ * with ports out it lives until the last comes back (ASan and valgrind see
+ * a leak or a use after free otherwise). */
+static void test_retire(void **state)
+{
+    struct portpool *p = portpool_new(50000, 50002);
+    uint16_t a, b;
+
+    (void)state;
+    CHECK_INT("new", p != NULL, 1);
+    CHECK_INT("bad range", portpool_new(10, 9) == NULL, 1);
+    portpool_retire(p); /* nothing out: freed now */
+    p = portpool_new(50000, 50002);
+    CHECK_INT("reserve", portpool_reserve(p, &a), 0);
+    CHECK_INT("reserve", portpool_reserve(p, &b), 0);
+    portpool_retire(p);
+    CHECK_INT("retired, ports out", portpool_in_use(p), 2);
+    portpool_release(p, a);
+    CHECK_INT("one back", portpool_in_use(p), 1);
+    portpool_release(p, b); /* the last: freed */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_init),
+        cmocka_unit_test(test_init), cmocka_unit_test(test_retire),
         cmocka_unit_test(test_script),
         cmocka_unit_test(test_exhaust_all),
     };

@@ -37,6 +37,7 @@ static struct cfg make_cfg(bool route_by_sni, int default_backend)
     c.route_by_sni = route_by_sni;
     c.default_backend = default_backend;
     c.host_separator = '|';
+    assert_int_equal(cfg_index_hosts(&c), 0);
     return c;
 }
 
@@ -62,7 +63,10 @@ static void test_host_match(void **state)
         {"*.alpha.example", "a.b.alpha.example", false},
         {"*.alpha.example", "xalpha.example", false},
         {"*.alpha.example", "x.alpha.example.com", false},
-        {"*.alpha.example", "*.alpha.example", true},
+        {"*.alpha.example", "*.alpha.example", false}, /* '*' is no DNS label */
+        {"*.alpha.example", "\x1b[2J<b>.alpha.example", false},
+        {"*.alpha.example", "a_b.alpha.example", false},
+        {"*.alpha.example", "a-1.alpha.example", true},
         {"*.alpha.example", "x.beta.example", false},
         {"alpha.example", "x.alpha.example", false},
     };
@@ -86,6 +90,7 @@ static void test_find(void **state)
         {"x.alpha.example.", BETA},   {"beta.example", BETA},         {"BETA.EXAMPLE.", BETA},
         {"a.gamma.example", GAMMA},   {"gamma.example", -1},          {"alpha.example", -1},
         {"a.b.gamma.example", -1},    {"nothing.example", -1},        {"", -1},
+        {"\x1b[2J<b>.gamma.example", -1}, {"*.gamma.example", -1},      {"a b.gamma.example", -1},
     };
     struct cfg c = make_cfg(true, -1);
     size_t i;
@@ -94,6 +99,7 @@ static void test_find(void **state)
     for (i = 0; i < PX_NELEM(cases); i++)
         CHECK_INT(cases[i].name, route_find(&c, cases[i].name, strlen(cases[i].name)),
                   cases[i].backend);
+    hmap_free(&c.hostmap);
 }
 
 struct decide_case {
@@ -146,6 +152,7 @@ static void test_decide(void **state)
 
         CHECK_INT(d->name, route_decide(&c, &q, &backend), d->status);
         CHECK_INT(d->name, backend, d->backend);
+        hmap_free(&c.hostmap);
     }
 }
 
@@ -168,6 +175,27 @@ static void test_status_name(void **state)
         CHECK_INT(cases[i].name, strcmp(route_status_name(cases[i].s), cases[i].name), 0);
 }
 
+/* hmap_key2: two strings as one key; equal pairs find each other, pairs
+ * that only concatenate alike ("ab"+"c", "a"+"bc") do not. */
+static void test_key2(void **state)
+{
+    struct hmap m = {0};
+    char k1[16], k2[16], k3[16], tiny[5];
+    size_t n1 = hmap_key2(k1, sizeof(k1), "ab", "c"), n2 = hmap_key2(k2, sizeof(k2), "a", "bc");
+    size_t n3 = hmap_key2(k3, sizeof(k3), "ab", "c");
+    uint64_t v = 0;
+
+    (void)state;
+    CHECK_INT("length", (int)n1, 4);
+    CHECK_INT("second string", strcmp(k1 + 3, "c"), 0);
+    CHECK_INT("fits exactly", (int)hmap_key2(tiny, sizeof(tiny), "ab", "c"), 4);
+    CHECK_INT("too long", (int)hmap_key2(tiny, sizeof(tiny), "ab", "cd"), 0);
+    CHECK_INT("put", hmap_put(&m, k1, n1, 7, NULL), 0);
+    CHECK_INT("same pair", hmap_get(&m, k3, n3, &v) && v == 7, 1);
+    CHECK_INT("other split", hmap_get(&m, k2, n2, &v), 0);
+    hmap_free(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -175,6 +203,7 @@ int main(void)
         cmocka_unit_test(test_find),
         cmocka_unit_test(test_decide),
         cmocka_unit_test(test_status_name),
+        cmocka_unit_test(test_key2),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

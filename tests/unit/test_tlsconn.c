@@ -140,6 +140,48 @@ static void test_handshake_and_data(void **state)
     SSL_CTX_free(cctx);
 }
 
+/* A handshake with small buffers, then tlsconn_set_bufsize() (the shared
+ * ports' connections): bytes already in the buffers stay, and records larger
+ * than the old size now fit whole. Also while a buffer is on the wire. */
+static void test_buffers_grow_after_the_handshake(void **state)
+{
+    SSL_CTX *sctx = server_ctx(0), *cctx = SSL_CTX_new(TLS_client_method());
+    static char big[64 * 1024], got[64 * 1024];
+    struct pair p;
+    struct buf *wire;
+    size_t n, total = 0;
+
+    (void)state;
+    memset(big, 'x', sizeof(big));
+    pair_open(&p, sctx, cctx, 18 * 1024);
+    handshake(&p, 4096);
+    assert_int_equal(SSL_write(p.cli, "STOR", 4), 4);
+    to_server(&p, 4096);                     /* 4 bytes wait in the small in buffer */
+    assert_int_equal(tlsconn_write(p.srv, "150 ok\r\n", 8, &n), 0);
+    wire = tlsconn_out_next(p.srv);          /* on the wire while we resize */
+    assert_non_null(wire);
+    assert_int_equal(tlsconn_set_bufsize(p.srv, 256 * 1024), 0);
+    assert_int_equal(BIO_write(p.cli_in, buf_head(wire), (int)buf_len(wire)), (int)buf_len(wire));
+    tlsconn_out_done(p.srv);
+    assert_int_equal(SSL_read(p.cli, got, sizeof(got)), 8);
+    assert_int_equal(tlsconn_read(p.srv, got, sizeof(got), &n), 0);
+    assert_int_equal(n, 4);
+    /* 64 KiB from the server before any goes out: more than the old 18 KiB
+     * buffers could hold. */
+    for (size_t done = 0; done < sizeof(big); done += n)
+        assert_int_equal(tlsconn_write(p.srv, big + done, sizeof(big) - done, &n), 0);
+    to_client(&p);
+    while (total < sizeof(big)) {
+        int r = SSL_read(p.cli, got, sizeof(got));
+
+        assert_true(r > 0);
+        total += (size_t)r;
+    }
+    pair_close(&p);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
 static void test_close_notify_and_truncation(void **state)
 {
     SSL_CTX *sctx = server_ctx(0), *cctx = SSL_CTX_new(TLS_client_method());
@@ -220,6 +262,49 @@ static void test_backpressure(void **state)
     SSL_CTX_free(cctx);
 }
 
+/* Elastic ciphertext buffers (tlsconn_set_max): while nothing is taken out,
+ * the fill buffer doubles from 8 KiB up to 64 KiB, so four 16 KiB records fit
+ * before the first TLSCONN_AGAIN, and the bytes still arrive whole. */
+static void test_buffers_grow(void **state)
+{
+    SSL_CTX *sctx = server_ctx(0), *cctx = SSL_CTX_new(TLS_client_method());
+    static char data[4 * 16384], got[sizeof(data)];
+    struct pair p;
+    size_t sent = 0, rcvd = 0, n;
+    int rc;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (char)(i * 13 + i / 97);
+    pair_open(&p, sctx, cctx, 8 * 1024);
+    tlsconn_set_max(p.srv, 64 * 1024);
+    handshake(&p, 4096);
+    while (sent < sizeof(data)) {
+        rc = tlsconn_write(p.srv, data + sent, sizeof(data) - sent > 16384 ? 16384
+                                                                           : sizeof(data) - sent,
+                           &n);
+        if (rc != 0)
+            break;
+        sent += n;
+    }
+    /* Without growth, an 8 KiB buffer pushes back inside the first record. */
+    assert_true(sent >= 3 * 16384);
+    assert_true(tlsconn_out_pending(p.srv) > 3 * 16384);
+    while (rcvd < sizeof(data)) {
+        to_client(&p);
+        while ((rc = SSL_read(p.cli, got + rcvd, (int)(sizeof(got) - rcvd))) > 0)
+            rcvd += (size_t)rc;
+        if (sent < sizeof(data)) {
+            assert_int_equal(tlsconn_write(p.srv, data + sent, sizeof(data) - sent, &n), 0);
+            sent += n;
+        }
+    }
+    assert_memory_equal(got, data, sizeof(data));
+    pair_close(&p);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
 /* Runs one connection under session-id context token, offering sess;
  * returns whether it resumed and, in *out, the session the client got. */
 static int connect_with(SSL_CTX *sctx, SSL_CTX *cctx, const char *token, SSL_SESSION *sess,
@@ -272,8 +357,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_handshake_and_data),
+        cmocka_unit_test(test_buffers_grow_after_the_handshake),
         cmocka_unit_test(test_close_notify_and_truncation),
         cmocka_unit_test(test_backpressure),
+        cmocka_unit_test(test_buffers_grow),
         cmocka_unit_test(test_resumption_is_bound_to_its_context),
     };
 
