@@ -159,4 +159,8 @@ int ftp_alpn_select(const uint8_t *list, size_t len, size_t *at);
  * port, as in the ALPACA cross-protocol attacks. */
 bool ftp_is_http_request(const char *line, size_t len);
 
+/* True for vsftpd's "500 OOPS: ..." (one line): vsftpd writes it as a
+ * session process dies, whatever command it answers. */
+bool ftp_reply_is_oops(const char *line, size_t len);
+
 #endif

@@ -259,6 +259,21 @@ static void unsolicited(struct ctl_session *cs, const char *line, size_t len)
                      "backend unsolicited reply");
 }
 
+/* vsftpd's "500 OOPS: ..." (a session process died: e.g. "vsf_sysutil_bind"
+ * when nine random tries found no free port in its passive range): the
+ * session is over whatever the command was. The client gets 421 with the
+ * reason, not a 500 to retry on a dead connection; nothing more is sent to
+ * the backend (a PASV after a failed EPSV would be answered by the OOPS of
+ * the session's other process). */
+static void backend_oops(struct ctl_session *cs, const char *line, size_t len)
+{
+    char t[FTP_LINE_MAX + 1];
+
+    LOG_WARN(&cs->lg, "backend_oops", "text", log_text(t, sizeof(t), line, len), NULL);
+    ctl_replyf(cs, "421 Service not available: the site's server ended the session (%s).", t);
+    ctl_close_after_flush(cs, "backend oops");
+}
+
 static void on_reply_line(struct ctl_session *cs, const char *line, size_t len)
 {
     int rc = ftp_reply_line(&cs->rep, line, len);
@@ -273,6 +288,10 @@ static void on_reply_line(struct ctl_session *cs, const char *line, size_t len)
     }
     if (ctl_backend_swallow(cs, line, len, last))
         return; /* the login goes on over another backend connection */
+    if (last && cs->rep.code == 500 && ftp_reply_is_oops(line, len)) {
+        backend_oops(cs, line, len);
+        return;
+    }
     if (cs->wait == CTL_WAIT_NONE && cs->rep.code != 421) {
         /* A reply no command asked for (vsftpd's "500 OOPS: child died"
          * when its session process is killed): the client would take it

@@ -88,13 +88,14 @@ static bool redial(struct ctl_session *cs, const char *why)
 
 /* vsftpd's "500 OOPS: ..." is written as its session process dies (its
  * other half was killed, or it cannot run): at the login, another address
- * takes it, unseen. With no other address left the client reads the reason. */
+ * takes it, unseen. With no other address left the session ends with 421
+ * (ctl.c), which names vsftpd's reason. */
 static bool oops_at_login(struct ctl_session *cs, const char *line, size_t len, bool last)
 {
     char t[FTP_LINE_MAX + 1];
 
-    if ((cs->wait != CTL_WAIT_USER && cs->wait != CTL_WAIT_PASS) || cs->rep.code != 500 ||
-        len < 9 || memcmp(line, "500 OOPS:", 9) != 0 || cs->addr_idx < 0 ||
+    if ((cs->wait != CTL_WAIT_USER && cs->wait != CTL_WAIT_PASS) || !ftp_reply_is_oops(line, len) ||
+        cs->addr_idx < 0 ||
         health_pick(routed(cs), cs->tried | UINT64_C(1) << cs->addr_idx) < 0)
         return false;
     cs->bk_warm = false; /* a dying server: the next address, not this one again */

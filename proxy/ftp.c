@@ -528,3 +528,8 @@ bool ftp_is_http_request(const char *line, size_t len)
     }
     return false;
 }
+
+bool ftp_reply_is_oops(const char *line, size_t len)
+{
+    return len >= 9 && memcmp(line, "500 OOPS:", 9) == 0;
+}

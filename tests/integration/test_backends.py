@@ -334,16 +334,46 @@ def test_backend_dying_at_pass_moves_the_login_on(make_proxy, certs, pair, verb,
 
 def test_oops_with_no_other_address_reaches_the_client(make_proxy, certs, pair):
     """A vsftpd that cannot run the session ("500 OOPS: ..." at login) and
-    no other address to try: the client reads the server's reason."""
+    no other address to try: the session ends with 421 naming the server's
+    reason."""
     b1, b2 = pair
     relay = DyingRelay(b1, b"USER", 1, OOPS)
     try:
         p = start(make_proxy, [relay.address], health_check=0)
-        with pytest.raises(AssertionError, match=": 500 OOPS: child died"):
+        with pytest.raises(AssertionError, match=r": 421 .*\(500 OOPS: child died\)"):
             login(p, certs)
         assert relay.killed == 1
     finally:
         relay.close()
+
+
+def test_oops_after_login_ends_that_session_with_421(make_proxy, certs, workdir):
+    """vsftpd's passive port: nine random tries in its range, then "500 OOPS:
+    vsf_sysutil_bind" from one of its session processes and "500 OOPS:
+    priv_sock_get_int" from the other as both exit. The proxy's EPSV to the
+    backend gets the first: that client gets 421 with the reason at once, not
+    a PASV sent to a dead server and a 425 at its RETR. The session holding
+    the port goes on."""
+    v = h.Vsftpd(workdir, "b1", pasv_ports=1,
+                 files={"b1-only.txt": b"b1", "shared.bin": SHARED}).start()
+    try:
+        p = start(make_proxy, [v.address], health_check=0)
+        a, b = login(p, certs), login(p, certs)
+        assert a.cmd("PASV").code == 227
+        assert a.cmd("NOOP").code == 200   # after vsftpd's answer: its one port is taken
+        mark = p.log_mark()
+        assert b.cmd("PASV").code == 227   # the proxy's answer: vsftpd's follows
+        r = b.reply()
+        assert r.code == 421 and "(500 OOPS: vsf_sysutil_bind)" in r.text, r
+        with pytest.raises((EOFError, OSError)):
+            b.reply()
+        assert p.log_lines(mark, "ev=backend_oops", "vsf_sysutil_bind"), p.log_since(mark)
+        assert not p.log_lines(mark, "ev=backend_passive_failed"), p.log_since(mark)
+        check_transfer(a)
+        a.close_quietly()
+        b.close_quietly()
+    finally:
+        v.stop()
 
 
 def test_preconnect_dropped_on_reload(make_proxy, certs, pair):

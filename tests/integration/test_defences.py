@@ -208,8 +208,9 @@ class FakeBackend(threading.Thread):
                 verb = line.split(b" ")[0].strip().upper()
                 conn.sendall(answers.get(verb, b"200 ok") + b"\r\n")
                 if line.startswith(b"SITE STRAY"):  # a reply nobody asked for
-                    conn.sendall(b"500 OOPS: child died\r\n")
-                if verb == b"QUIT" or line.startswith(b"SITE STRAY-CLOSE"):
+                    conn.sendall(b"500 OOPS: child died\r\n" if b"OOPS" in line
+                                 else b"226 Transfer complete.\r\n")
+                if verb == b"QUIT" or b"CLOSE" in line:
                     break
         conn.close()
 
@@ -247,11 +248,12 @@ def test_hostile_backend_passive_reply_refused(make_proxy, alpha, beta, certs, t
         fake.stop()
 
 
+@pytest.mark.parametrize("stray", ["226", "oops"])
 @pytest.mark.parametrize("then", ["close", "stay"])
-def test_backend_unsolicited_reply_ends_session(make_proxy, certs, then):
-    """vsftpd writes "500 OOPS: child died" when its session process is
-    killed: a reply to no command. Relayed, the client would take it for
-    the answer to its next command; the session ends with 421 instead,
+def test_backend_unsolicited_reply_ends_session(make_proxy, certs, then, stray):
+    """A reply to no command (a late 226; vsftpd's "500 OOPS: child died"
+    when its session process is killed). Relayed, the client would take it
+    for the answer to its next command; the session ends with 421 instead,
     whether or not the backend closes after it."""
     fake = FakeBackend(0)
     fake.start()
@@ -261,13 +263,16 @@ def test_backend_unsolicited_reply_ends_session(make_proxy, certs, then):
         mark = p.log_mark()
         c = h.login(p, certs, "ftp.evil.test|anonymous")
         try:
-            assert c.cmd("SITE STRAY" + ("-CLOSE" if then == "close" else "")).code == 200
+            cmd = "SITE STRAY" + ("-OOPS" if stray == "oops" else "")
+            assert c.cmd(cmd + ("-CLOSE" if then == "close" else "")).code == 200
             c.sock.settimeout(h.T_IO)
             with pytest.raises(ftplib.error_temp, match="^421 .*ended the session"):
                 c.getresp()
         finally:
             c.close_quietly()
-        assert p.wait_log(r"ev=backend_unsolicited .*reply=500 text=\"?500 OOPS: child died", mark)
+        assert p.wait_log(r"ev=backend_unsolicited .*reply=226 text=\"?226 Transfer complete"
+                          if stray == "226" else
+                          r"ev=backend_oops .*text=\"?500 OOPS: child died", mark)
     finally:
         fake.stop()
 

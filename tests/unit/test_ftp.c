@@ -728,6 +728,23 @@ static void test_alpn_and_http(void **state)
                   http[i].http);
 }
 
+static void test_reply_is_oops(void **state)
+{
+    static const struct {
+        const char *line;
+        bool oops;
+    } t[] = {
+        {"500 OOPS: vsf_sysutil_bind", true}, {"500 OOPS: child died", true},
+        {"500 OOPS:", true},                  {"500 OOPS", false},
+        {"500 Unknown command.", false},      {"421 OOPS: x", false},
+        {"500-OOPS: x", false},               {"", false},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < PX_NELEM(t); i++)
+        CHECK_INT(t[i].line, ftp_reply_is_oops(t[i].line, strlen(t[i].line)), t[i].oops);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -747,6 +764,7 @@ int main(void)
         cmocka_unit_test(test_passive_line),
         cmocka_unit_test(test_feat_merge),
         cmocka_unit_test(test_alpn_and_http),
+        cmocka_unit_test(test_reply_is_oops),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
