@@ -82,6 +82,7 @@ static bool redial(struct ctl_session *cs, const char *why)
     cs->wait = CTL_WAIT_NONE;
     ctl_address_leave(cs);
     cs->redial_pending = true;
+    cs->state = CTL_CONNECTING; /* the client's PASS waits for the new connection */
     ep_close(&cs->backend, false);
     return true;
 }
