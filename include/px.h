@@ -8,7 +8,9 @@
 #define PX_H
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 _Noreturn void px_assert_fail(const char *expr, const char *file, int line);
 
@@ -58,5 +60,10 @@ struct sockaddr;
 /* The 16-byte form of an AF_INET or AF_INET6 address: IPv4 becomes
  * IPv4-mapped IPv6, so one comparison serves both families. */
 void px_ip16(const struct sockaddr *sa, unsigned char out[16]);
+/* True when a and b (AF_INET or AF_INET6, either) name the same address. */
+bool px_same_ip(const struct sockaddr *a, const struct sockaddr *b);
+/* The port of an AF_INET or AF_INET6 address, in host order; and setting it. */
+uint16_t px_port(const struct sockaddr *sa);
+void px_set_port(struct sockaddr *sa, uint16_t port);
 
 #endif

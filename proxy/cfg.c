@@ -693,9 +693,7 @@ void cfg_free(struct cfg *c)
 
 static void endpoint_key(const struct sockaddr *sa, uint8_t key[18])
 {
-    uint16_t port = sa->sa_family == AF_INET
-                        ? ((const struct sockaddr_in *)(const void *)sa)->sin_port
-                        : ((const struct sockaddr_in6 *)(const void *)sa)->sin6_port;
+    uint16_t port = htons(px_port(sa));
 
     px_ip16(sa, key);
     memcpy(key + 16, &port, 2);

@@ -99,6 +99,9 @@ int cfg_parse_addr(const char *s, size_t n, struct cfg_addr *out)
     const char *colon, *close = NULL;
     unsigned port;
     int family = AF_INET;
+    struct sockaddr_in *sin = (struct sockaddr_in *)&out->sa;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->sa;
+    void *ip;
 
     memset(out, 0, sizeof *out);
     if (n > 0 && s[0] == '[') {
@@ -116,27 +119,14 @@ int cfg_parse_addr(const char *s, size_t n, struct cfg_addr *out)
     }
     if (cfg_parse_uint(colon + 1, (size_t)(s + n - colon - 1), 1, 65535, &port) != 0)
         return PX_EINVAL;
-    if (family == AF_INET) {
-        struct sockaddr_in *sin = (struct sockaddr_in *)&out->sa;
-
-        if (inet_pton(AF_INET, host, &sin->sin_addr) != 1)
-            return PX_EINVAL;
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((uint16_t)port);
-        out->salen = sizeof *sin;
-        inet_ntop(AF_INET, &sin->sin_addr, text, sizeof text);
-        snprintf(out->text, sizeof out->text, "%s:%u", text, port);
-    } else {
-        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->sa;
-
-        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
-            return PX_EINVAL;
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((uint16_t)port);
-        out->salen = sizeof *sin6;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof text);
-        snprintf(out->text, sizeof out->text, "[%s]:%u", text, port);
-    }
+    ip = family == AF_INET ? (void *)&sin->sin_addr : (void *)&sin6->sin6_addr;
+    if (inet_pton(family, host, ip) != 1)
+        return PX_EINVAL;
+    out->sa.ss_family = (sa_family_t)family;
+    px_set_port((struct sockaddr *)&out->sa, (uint16_t)port);
+    out->salen = family == AF_INET ? sizeof *sin : sizeof *sin6;
+    inet_ntop(family, ip, text, sizeof text);
+    snprintf(out->text, sizeof out->text, family == AF_INET ? "%s:%u" : "[%s]:%u", text, port);
     return 0;
 }
 

@@ -159,6 +159,13 @@ void ctl_fail_session(struct ctl_session *cs, const char *text, const char *reas
     ctl_close_after_flush(cs, reason);
 }
 
+void ctl_refuse(struct ctl_session *cs, const char *reason, const char *msg, const char *text)
+{
+    LOG_WARN(&cs->lg, "refused", "reason", reason, "msg", msg, NULL);
+    metrics_add(M_CONN_REFUSED, reason, NULL, 1);
+    ctl_fail_session(cs, text, reason);
+}
+
 void ctl_relay_line(struct ctl_session *cs, const char *line, size_t len)
 {
     ctl_queue_text(cs, line, len);

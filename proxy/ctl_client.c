@@ -154,11 +154,8 @@ static void begin(struct ctl_session *cs)
     if (quota_banned(peer) && !cfg_cidr_contains_sa(cfg->ban_exempt, cfg->n_ban_exempt, peer)) {
         /* Before any TLS, on implicit listeners too: a banned address gets
          * not even a handshake to spend CPU on. */
-        LOG_WARN(&cs->lg, "refused", "reason", "banned", "msg",
-                 "too many failed logins from this address", NULL);
-        metrics_add(M_CONN_REFUSED, "banned", NULL, 1);
-        ctl_fail_session(cs, "421 Too many failed logins from your address: try again later.",
-                         "banned");
+        ctl_refuse(cs, "banned", "too many failed logins from this address",
+                   "421 Too many failed logins from your address: try again later.");
         return;
     }
     refusal = quota_admit(peer, cfg->max_sessions, cfg->max_sessions_per_ip);

@@ -67,14 +67,6 @@ static bool same_host(const struct ftp_hostport *hp, const struct sockaddr_stora
     return memcmp(want, have, 16) == 0;
 }
 
-static void set_port(struct sockaddr_storage *ss, uint16_t port)
-{
-    if (ss->ss_family == AF_INET)
-        ((struct sockaddr_in *)ss)->sin_port = htons(port);
-    else
-        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-}
-
 static bool control_is_v6(const struct ctl_session *cs)
 {
     uint8_t v4[4];
@@ -245,7 +237,7 @@ static void cmd_active(struct ctl_session *cs, const struct ctl_line *l, bool ep
     }
     /* Connect out in the family of our control socket. */
     to = cs->peer;
-    set_port(&to, hp.port);
+    px_set_port((struct sockaddr *)&to, hp.port);
     start_data(cs, false, (const struct sockaddr *)&to);
 }
 
@@ -280,7 +272,7 @@ void ctl_pasv_line(struct ctl_session *cs, const char *line, size_t len, bool la
         ctl_process_input(cs, true);
         return;
     }
-    set_port(&data, cs->dc.backend_port);
+    px_set_port((struct sockaddr *)&data, cs->dc.backend_port);
     /* A backend must not aim the proxy at another service: a privileged
      * port, or any backend's or listener's own address (a data channel
      * spliced into another tenant's control session). */

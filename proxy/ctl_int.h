@@ -159,6 +159,9 @@ void ctl_close(struct ctl_session *cs, const char *reason);
 void ctl_close_after_flush(struct ctl_session *cs, const char *reason);
 /* A 421 (text) and the end of the session once it is sent. */
 void ctl_fail_session(struct ctl_session *cs, const char *text, const char *reason);
+/* A refused session: the "refused" log line (reason, msg), the refusal
+ * metric under reason, then ctl_fail_session() with text. */
+void ctl_refuse(struct ctl_session *cs, const char *reason, const char *msg, const char *text);
 /* Replies: queued whole, then flushed, so each leaves in one SSL_write. */
 void ctl_queue_text(struct ctl_session *cs, const char *p, size_t n);
 void ctl_flush_client(struct ctl_session *cs);

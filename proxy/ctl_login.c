@@ -255,11 +255,8 @@ void ctl_cmd_user(struct ctl_session *cs, const struct ctl_line *l)
     cs->backend_idx = b;
     cs->lg.backend = be->name;
     if (!quota_backend_enter(be->name, be->max_sessions)) {
-        LOG_WARN(&cs->lg, "refused", "reason", "backend_max_sessions", "msg",
-                 "the backend's max_sessions is reached", NULL);
-        metrics_add(M_CONN_REFUSED, "backend_max_sessions", NULL, 1);
-        ctl_fail_session(cs, "421 Too many sessions for this site: try again later.",
-                         "backend max_sessions");
+        ctl_refuse(cs, "backend_max_sessions", "the backend's max_sessions is reached",
+                   "421 Too many sessions for this site: try again later.");
         return;
     }
     cs->backend_counted = true;

@@ -23,3 +23,27 @@ void px_ip16(const struct sockaddr *sa, unsigned char out[16])
         memcpy(out, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
     }
 }
+
+bool px_same_ip(const struct sockaddr *a, const struct sockaddr *b)
+{
+    unsigned char x[16], y[16];
+
+    px_ip16(a, x);
+    px_ip16(b, y);
+    return memcmp(x, y, 16) == 0;
+}
+
+uint16_t px_port(const struct sockaddr *sa)
+{
+    return ntohs(sa->sa_family == AF_INET
+                     ? ((const struct sockaddr_in *)(const void *)sa)->sin_port
+                     : ((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
+}
+
+void px_set_port(struct sockaddr *sa, uint16_t port)
+{
+    if (sa->sa_family == AF_INET)
+        ((struct sockaddr_in *)(void *)sa)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)(void *)sa)->sin6_port = htons(port);
+}

@@ -103,23 +103,6 @@ static void close_lsn(struct sharedport *s, struct sharedport_lsn *l)
 
 static void on_connection(uv_stream_t *server, int status);
 
-static bool same_ip(const struct sockaddr *a, const struct sockaddr *b)
-{
-    uint8_t x[16], y[16];
-
-    px_ip16(a, x);
-    px_ip16(b, y);
-    return memcmp(x, y, 16) == 0;
-}
-
-static void set_port(struct sockaddr_storage *ss, uint16_t port)
-{
-    if (ss->ss_family == AF_INET)
-        ((struct sockaddr_in *)ss)->sin_port = htons(port);
-    else
-        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-}
-
 /* A new listener on a port of pool at local. 0 or an error. */
 static int open_lsn(struct sharedport *s, struct portpool *pool, const struct sockaddr *local,
                     struct sharedport_lsn **out)
@@ -147,7 +130,7 @@ static int open_lsn(struct sharedport *s, struct portpool *pool, const struct so
             rc = UV_ENOSPC;
             break;
         }
-        set_port(&l->local, port);
+        px_set_port((struct sockaddr *)&l->local, port);
         rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&l->local, 0);
         if (rc == 0)
             rc = uv_listen((uv_stream_t *)&l->tcp, BACKLOG, on_connection);
@@ -175,7 +158,7 @@ int sharedport_wait(struct sharedport *s, struct portpool *pool, const struct so
     int rc;
 
     for (struct sharedport_lsn *c = s->lsns; c != NULL; c = c->next)
-        if (c->pool == pool && same_ip((const struct sockaddr *)&c->local, local) &&
+        if (c->pool == pool && px_same_ip((const struct sockaddr *)&c->local, local) &&
             (l == NULL || c->waiters < l->waiters))
             l = c;
     memset(w, 0, sizeof(*w));

@@ -295,25 +295,6 @@ static struct xfer *xfer_alloc(const struct xfer_params *p)
     return x;
 }
 
-/* ---- addresses ---- */
-
-static void set_port(struct sockaddr_storage *ss, uint16_t port)
-{
-    if (ss->ss_family == AF_INET)
-        ((struct sockaddr_in *)ss)->sin_port = htons(port);
-    else
-        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-}
-
-static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    uint8_t x[16], y[16];
-
-    px_ip16((const struct sockaddr *)a, x);
-    px_ip16((const struct sockaddr *)b, y);
-    return memcmp(x, y, 16) == 0;
-}
-
 /* ---- the backend side ---- */
 
 static void start_backend(struct xfer *x)
@@ -333,7 +314,7 @@ static void start_backend(struct xfer *x)
     ep_set_bufs(&x->backend, &x->down, &x->up);
     /* From the backend control connection's own address: vsftpd refuses data
      * connections from any other ("425 Security: Bad IP connecting"). */
-    set_port(&from, 0);
+    px_set_port((struct sockaddr *)&from, 0);
     rc = ep_connect(&x->backend, (const struct sockaddr *)&x->backend_data,
                     (const struct sockaddr *)&from);
     if (rc != 0)
@@ -546,7 +527,8 @@ static void on_data_connection(uv_stream_t *server, int status)
         ep_close(e, true);
         return;
     }
-    if (!same_ip(&peer, &x->allowed) || x->client != NULL) {
+    if (!px_same_ip((const struct sockaddr *)&peer, (const struct sockaddr *)&x->allowed) ||
+        x->client != NULL) {
         metrics_add(M_DATA_REFUSED, x->client != NULL ? "second_connection" : "address", NULL, 1);
         log_addr(addr, sizeof(addr), (const struct sockaddr *)&peer);
         LOG_WARN(&x->lg, "data_refused", "reason",
@@ -593,7 +575,7 @@ static int listen_on_pool_port(struct xfer *x)
 
         if (portpool_reserve(x->pool, &port) != 0)
             return UV_ENOSPC;
-        set_port(&sa, port);
+        px_set_port((struct sockaddr *)&sa, port);
         rc = uv_tcp_bind(&x->listener, (const struct sockaddr *)&sa, 0);
         if (rc == 0)
             rc = uv_listen((uv_stream_t *)&x->listener, 8, on_data_connection);
@@ -696,7 +678,7 @@ void xfer_start(struct xfer *x, bool download)
         return;
     }
     x->client = e;
-    set_port(&from, 0);
+    px_set_port((struct sockaddr *)&from, 0);
     if (ep_connect(e, (const struct sockaddr *)&x->active_to, (const struct sockaddr *)&from) != 0)
         fail(x, "cannot connect to the client's PORT address");
 }

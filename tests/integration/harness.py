@@ -1438,6 +1438,19 @@ def retr_bytes(c: ftplib.FTP, path: str) -> bytes:
     return bytes(buf)
 
 
+def check_served(p: "Proxy", certs: "CertFactory", user: str, cert_der: bytes, path: str,
+                 content: bytes, **login_kw) -> None:
+    """Log in and download path: the control connection and the data
+    connection both show cert_der, and the file arrives whole."""
+    c = login(p, certs, user, **login_kw)
+    try:
+        assert c.peer_cert_der() == cert_der, "control connection: not the expected certificate"
+        assert retr_bytes(c, path) == content
+        assert c.data_certs == [cert_der], "the data connection got another certificate"
+    finally:
+        c.close_quietly()
+
+
 def stor(c: ftplib.FTP, path: str, data, cmd: str = "STOR") -> str:
     """STOR (or APPE, STOU) of bytes or of an open file; the final reply."""
     f = data if hasattr(data, "read") else io.BytesIO(data)

@@ -584,23 +584,13 @@ def test_site_certificate_on_control_and_data(proxy, certs, site, name, oid, how
 
 
 def test_no_name_gets_central_on_control_and_data(proxy, certs, proxy_log_on_failure):
-    c = h.login(proxy, certs, "ftp.beta.test|anonymous")
-    try:
-        assert c.peer_cert_der() == certs.central().der
-        assert h.retr_bytes(c, "/beta-only.txt") == CONTENT["beta"]
-        assert c.data_certs == [certs.central().der]
-    finally:
-        c.close_quietly()
+    h.check_served(proxy, certs, "ftp.beta.test|anonymous", certs.central().der, "/beta-only.txt",
+                   CONTENT["beta"])
 
 
 def test_sni_selection_implicit_listener(proxy, certs, proxy_log_on_failure):
-    c = h.login(proxy, certs, "anonymous", sni="www.alpha.test", implicit=True)
-    try:
-        assert c.peer_cert_der() == certs.alpha().der
-        assert h.retr_bytes(c, "/alpha-only.txt") == CONTENT["alpha"]
-        assert c.data_certs == [certs.alpha().der]
-    finally:
-        c.close_quietly()
+    h.check_served(proxy, certs, "anonymous", certs.alpha().der, "/alpha-only.txt",
+                   CONTENT["alpha"], sni="www.alpha.test", implicit=True)
 
 
 # --------------------------------------------------------------------------
@@ -617,20 +607,11 @@ def test_expired_site_certificate_at_startup_is_logged_and_others_serve(
     assert re.search(r"^\S+ error ev=certificate_check .*"
                      + re.escape(str(expired.cert)) + r": site alpha: expired on", log, re.M), log
     # Beta, by SNI: its own certificate, on control and data.
-    c = h.login(p, certs, "anonymous", sni="ftp.beta.test")
-    try:
-        assert c.peer_cert_der() == certs.beta().der
-        assert h.retr_bytes(c, "/beta-only.txt") == CONTENT["beta"]
-        assert c.data_certs == [certs.beta().der]
-    finally:
-        c.close_quietly()
+    h.check_served(p, certs, "anonymous", certs.beta().der, "/beta-only.txt",
+                   CONTENT["beta"], sni="ftp.beta.test")
     # Alpha itself through the central certificate (USER host|user).
-    c = h.login(p, certs, "ftp.alpha.test|anonymous")
-    try:
-        assert c.peer_cert_der() == certs.central().der
-        assert h.retr_bytes(c, "/alpha-only.txt") == CONTENT["alpha"]
-    finally:
-        c.close_quietly()
+    h.check_served(p, certs, "ftp.alpha.test|anonymous", certs.central().der, "/alpha-only.txt",
+                   CONTENT["alpha"])
 
 
 def test_reload_logs_certificate_findings_and_applies(make_proxy, alpha, beta, certs, xc):
@@ -757,12 +738,8 @@ def test_reload_adds_and_removes_listeners(make_proxy, certs):
             socket.create_connection((h.LOOPBACK, gone), timeout=3).close()
         for port, implicit, sni in ((added, False, "ftp.beta.test"),
                                     (added_implicit, True, "ftp.beta.test")):
-            c = h.login(p, certs, "anonymous", port=port, implicit=implicit, sni=sni)
-            try:
-                assert c.peer_cert_der() == certs.beta().der
-                assert h.retr_bytes(c, "/beta-only.txt") == CONTENT["beta"]
-            finally:
-                c.close_quietly()
+            h.check_served(p, certs, "anonymous", certs.beta().der, "/beta-only.txt",
+                           CONTENT["beta"], port=port, implicit=implicit, sni=sni)
         # The session that came through the removed listener goes on.
         assert s.cmd("NOOP").code == 200
         assert h.retr_bytes(s, "/alpha-only.txt") == CONTENT["alpha"]

@@ -33,26 +33,12 @@ def check_serving(p, certs, *, alpha_cert: bytes) -> None:
     certificate, alpha by SNI with alpha_cert (the central one when alpha is
     degraded) and routed to alpha, and a client naming nothing gets the
     central certificate; control and data connections alike."""
-    c = h.login(p, certs, "anonymous", sni="ftp.beta.test")
-    try:
-        assert c.peer_cert_der() == certs.beta().der
-        assert h.retr_bytes(c, "/beta-only.txt") == CONTENT["beta"]
-        assert c.data_certs == [certs.beta().der]
-    finally:
-        c.close_quietly()
-    c = h.login(p, certs, "anonymous", sni="ftp.alpha.test", check_hostname=False)
-    try:
-        assert c.peer_cert_der() == alpha_cert
-        assert h.retr_bytes(c, "/alpha-only.txt") == CONTENT["alpha"]
-        assert c.data_certs == [alpha_cert]
-    finally:
-        c.close_quietly()
-    c = h.login(p, certs, "ftp.beta.test|anonymous")
-    try:
-        assert c.peer_cert_der() == certs.central().der
-        assert h.retr_bytes(c, "/beta-only.txt") == CONTENT["beta"]
-    finally:
-        c.close_quietly()
+    h.check_served(p, certs, "anonymous", certs.beta().der, "/beta-only.txt",
+                   CONTENT["beta"], sni="ftp.beta.test")
+    h.check_served(p, certs, "anonymous", alpha_cert, "/alpha-only.txt",
+                   CONTENT["alpha"], sni="ftp.alpha.test", check_hostname=False)
+    h.check_served(p, certs, "ftp.beta.test|anonymous", certs.central().der, "/beta-only.txt",
+                   CONTENT["beta"])
 
 
 def degraded_metrics(p) -> dict:

@@ -235,10 +235,5 @@ def test_site_with_ecdsa_and_rsa_serves_each_client_its_own(make_proxy, certs, a
                            max_version=ssl.TLSVersion.TLSv1_2)
     ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256" if kind == "ecdsa"
                     else "ECDHE-RSA-AES128-GCM-SHA256")
-    c = h.login(p, certs, "anonymous", sni="ftp.alpha.test", context=ctx)
-    try:
-        assert c.peer_cert_der() == want.der
-        assert h.retr_bytes(c, "/alpha-only.txt") == b"alpha only\n"
-        assert c.data_certs == [want.der], "the data connection got another certificate"
-    finally:
-        c.close_quietly()
+    h.check_served(p, certs, "anonymous", want.der, "/alpha-only.txt",
+                   b"alpha only\n", sni="ftp.alpha.test", context=ctx)

@@ -4,6 +4,9 @@
 #ifndef CHECK_H
 #define CHECK_H
 
+#include <stdio.h>
+#include <string.h>
+
 #define CHECK_INT(name, got, want)                                                                 \
     do {                                                                                           \
         long got_ = (long)(got), want_ = (long)(want);                                             \
@@ -25,5 +28,20 @@
             fail();                                                                                \
         }                                                                                          \
     } while (0)
+
+/* A report callback (cfg_parse's, the loader's) that keeps every report. */
+struct check_reports {
+    unsigned n;
+    char text[8192]; /* every report, each followed by a newline */
+};
+
+static inline void check_collect(void *arg, const char *msg)
+{
+    struct check_reports *r = arg;
+    size_t used = strlen(r->text);
+
+    snprintf(r->text + used, sizeof r->text - used, "%s\n", msg);
+    r->n++;
+}
 
 #endif

@@ -37,20 +37,6 @@
     "h10.example.com, h11.example.com, h12.example.com, h13.example.com, h14.example.com, "        \
     "h15.example.com"
 
-struct reports {
-    unsigned n;
-    char text[8192]; /* every report, each followed by a newline */
-};
-
-static void collect(void *arg, const char *msg)
-{
-    struct reports *r = arg;
-    size_t used = strlen(r->text);
-
-    snprintf(r->text + used, sizeof r->text - used, "%s\n", msg);
-    r->n++;
-}
-
 static const char *current; /* the case a check function is looking at */
 
 /* Text that must parse, and what the struct must then hold (check may be NULL). */
@@ -70,7 +56,7 @@ struct bad_case {
 };
 
 /* prefix and ini through cfg_parse(): its return, reports in *r, *c. */
-static int parse(const char *prefix, const char *ini, struct reports *r, struct cfg **c)
+static int parse(const char *prefix, const char *ini, struct check_reports *r, struct cfg **c)
 {
     char text[4096];
     int n = snprintf(text, sizeof text, "%s%s", prefix, ini);
@@ -78,12 +64,12 @@ static int parse(const char *prefix, const char *ini, struct reports *r, struct 
     PX_ASSERT(n >= 0 && (size_t)n < sizeof text);
     r->n = 0;
     r->text[0] = '\0';
-    return cfg_parse(text, (size_t)n, "test.ini", collect, r, c);
+    return cfg_parse(text, (size_t)n, "test.ini", check_collect, r, c);
 }
 
 static void run_good(const char *prefix, const struct good_case *cases, size_t n)
 {
-    struct reports r;
+    struct check_reports r;
     struct cfg *c;
     size_t i;
 
@@ -100,7 +86,7 @@ static void run_good(const char *prefix, const struct good_case *cases, size_t n
 }
 
 /* Whether every line of want is in some report. */
-static bool reported(const struct reports *r, const char *want)
+static bool reported(const struct check_reports *r, const char *want)
 {
     char line[512];
     const char *end;
@@ -122,7 +108,7 @@ static bool reported(const struct reports *r, const char *want)
 
 static void run_bad(const char *prefix, const struct bad_case *cases, size_t n)
 {
-    struct reports r;
+    struct check_reports r;
     struct cfg *c;
     unsigned failed = 0;
     size_t i;
@@ -773,11 +759,11 @@ static void test_lines(void **state)
 static void test_nul(void **state)
 {
     static const char ini[] = BASE "banner = a\0b\n";
-    struct reports r = {0, ""};
+    struct check_reports r = {0, ""};
     struct cfg *c = NULL;
 
     (void)state;
-    CHECK_INT("nul", cfg_parse(ini, sizeof ini - 1, "test.ini", collect, &r, &c), PX_EINVAL);
+    CHECK_INT("nul", cfg_parse(ini, sizeof ini - 1, "test.ini", check_collect, &r, &c), PX_EINVAL);
     CHECK_STR("nul", r.text,
               "test.ini:4: line 4 holds the control character 0x00; expected text\n");
 }
@@ -798,11 +784,11 @@ static char *read_whole(const char *path, size_t *len)
 
 static void test_sample(void **state)
 {
-    struct reports r = {0, ""};
+    struct check_reports r = {0, ""};
     struct cfg *c = NULL;
     size_t len;
     char *text = read_whole("../../config/ftpsgate.ini", &len);
-    int rc = cfg_parse(text, len, "ftpsgate.ini", collect, &r, &c);
+    int rc = cfg_parse(text, len, "ftpsgate.ini", check_collect, &r, &c);
 
     (void)state;
     if (rc != 0)
@@ -827,13 +813,13 @@ static void test_addresses(void **state)
     static const char ini[] = BASE "[backend:a]\naddress = 10.0.0.1:21, [::1]:2121\n"
                                    "  10.0.0.2:21\naddress = 10.0.0.3:21\nhealth_check = 0\n"
                                    "preconnect = 4\n[backend:b]\naddress = 10.0.0.4:21\n";
-    struct reports r = {0, ""};
+    struct check_reports r = {0, ""};
     struct cfg *c = NULL;
     char big[4096];
     size_t n;
 
     (void)state;
-    CHECK_INT("list", cfg_parse(ini, sizeof ini - 1, "test.ini", collect, &r, &c), 0);
+    CHECK_INT("list", cfg_parse(ini, sizeof ini - 1, "test.ini", check_collect, &r, &c), 0);
     CHECK_INT("list", c->backends[0].n_address, 4);
     CHECK_STR("list", c->backends[0].address[1].text, "[::1]:2121");
     CHECK_STR("list", c->backends[0].address[3].text, "10.0.0.3:21");
@@ -852,7 +838,7 @@ static void test_addresses(void **state)
                                   i % 200 + 1);
         memset(&r, 0, sizeof(r));
         c = NULL;
-        CHECK_INT("64 or 65", cfg_parse(big, n, "test.ini", collect, &r, &c),
+        CHECK_INT("64 or 65", cfg_parse(big, n, "test.ini", check_collect, &r, &c),
                   want == 64 ? 0 : PX_EINVAL);
         if (want == 65)
             CHECK_STR("65", r.text,
@@ -888,14 +874,14 @@ static void test_cidr_contains(void **state)
         {"::ffff:192.168.1.7", true},
         {"::a00:1", false}, /* ::10.0.0.1, IPv4-compatible, not mapped */
     };
-    struct reports r = {0, ""};
+    struct check_reports r = {0, ""};
     struct cfg *c = NULL;
     struct cfg_cidr all[2];
     uint8_t addr[16];
     size_t i;
 
     (void)state;
-    assert_int_equal(cfg_parse(ini, sizeof ini - 1, "test.ini", collect, &r, &c), 0);
+    assert_int_equal(cfg_parse(ini, sizeof ini - 1, "test.ini", check_collect, &r, &c), 0);
     CHECK_INT("cidrs", c->n_proxy_protocol_from, 5);
     CHECK_INT("mapped kept as IPv4", c->proxy_protocol_from[3].family, AF_INET);
     CHECK_INT("mapped kept as IPv4", c->proxy_protocol_from[3].prefix, 12);
@@ -949,12 +935,12 @@ static void test_include(void **state)
                                  "certificate = a.crt\nprivate_key = keys/a.key\n";
     static const char site_b[] = "[backend:b]\naddress = 10.0.0.2:21\nhostnames = a.example\n"
                                  "[proxy]\nbanner = no\n[backend:a]\naddress = 10.0.0.3:21\n";
-    struct reports r = {0, ""};
+    struct check_reports r = {0, ""};
     struct cfg_parser *p;
     struct cfg *c = NULL;
 
     (void)state;
-    p = cfg_begin(collect, &r, NULL, NULL);
+    p = cfg_begin(check_collect, &r, NULL, NULL);
     assert_non_null(p);
     cfg_feed(p, main_ini, strlen(main_ini), "/etc/f/main.ini", "/etc/f", true);
     CHECK_INT("include patterns", cfg_peek(p)->n_includes, 1);
@@ -981,7 +967,7 @@ static void test_include(void **state)
     /* Without b: relative paths joined to each file's folder. */
     r.n = 0;
     r.text[0] = '\0';
-    p = cfg_begin(collect, &r, NULL, NULL);
+    p = cfg_begin(check_collect, &r, NULL, NULL);
     cfg_feed(p, main_ini, strlen(main_ini), "/etc/f/main.ini", "/etc/f", true);
     cfg_feed(p, site_a, strlen(site_a), "/etc/f/sites.d/a.ini", "/etc/f/sites.d", false);
     CHECK_INT("good", cfg_end(p, &c), 0);

@@ -19,20 +19,6 @@
 #include "loader.h"
 #include "px.h"
 
-struct reports {
-    unsigned n;
-    char text[8192]; /* every report, each followed by a newline */
-};
-
-static void collect(void *arg, const char *msg)
-{
-    struct reports *r = arg;
-    size_t used = strlen(r->text);
-
-    snprintf(r->text + used, sizeof r->text - used, "%s\n", msg);
-    r->n++;
-}
-
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -44,7 +30,7 @@ static void write_file(const char *path, const char *text)
 
 static void test_read_config(void **state)
 {
-    struct reports r = {0, ""};
+    struct check_reports r = {0, ""};
     struct cfg *c = NULL;
     char dir[] = "/tmp/test_cfg.XXXXXX", ini[64], crt[64], key[64], sub[64], text[1024];
     char want[256];
@@ -63,7 +49,7 @@ static void test_read_config(void **state)
     /* Every file there: it loads. */
     snprintf(text, sizeof text, "[proxy]\ncertificate = %s\nprivate_key = %s\n", crt, key);
     write_file(ini, text);
-    rc = loader_read_config(ini, collect, &r, &c);
+    rc = loader_read_config(ini, check_collect, &r, &c);
     CHECK_INT("load", rc, 0);
     CHECK_INT("load", r.n, 0);
     CHECK_STR("load", c->path, ini);
@@ -77,7 +63,7 @@ static void test_read_config(void **state)
              "[backend:a]\naddress = 10.0.0.1:21\ncertificate = %s\nprivate_key = %s/nokey\n",
              dir, key, sub, crt, dir);
     write_file(ini, text);
-    rc = loader_read_config(ini, collect, &r, &c);
+    rc = loader_read_config(ini, check_collect, &r, &c);
     CHECK_INT("load missing", rc, PX_EINVAL);
     CHECK_INT("load missing", c == NULL, 1);
     CHECK_INT("load missing", r.n, 1);
@@ -88,7 +74,7 @@ static void test_read_config(void **state)
     snprintf(text, sizeof text, "[proxy]\ncertificate = %s\nprivate_key = %s\nca_file = %s/no.pem\n",
              crt, key, dir);
     write_file(ini, text);
-    rc = loader_read_config(ini, collect, &r, &c);
+    rc = loader_read_config(ini, check_collect, &r, &c);
     CHECK_INT("ca_file missing", rc, PX_EINVAL);
     snprintf(want, sizeof want,
              "%s:4: ca_file: cannot read %s/no.pem: No such file or directory", ini, dir);
@@ -97,18 +83,18 @@ static void test_read_config(void **state)
     /* cfg_parse() opens nothing: the same text parses without the files. */
     r.n = 0;
     r.text[0] = '\0';
-    CHECK_INT("parse opens nothing", cfg_parse(text, strlen(text), "x", collect, &r, &c), 0);
+    CHECK_INT("parse opens nothing", cfg_parse(text, strlen(text), "x", check_collect, &r, &c), 0);
     cfg_free(c);
 
     /* The configuration itself missing. */
     r.n = 0;
     r.text[0] = '\0';
-    rc = loader_read_config(crt, collect, &r, &c); /* readable but not INI: a parse error */
+    rc = loader_read_config(crt, check_collect, &r, &c); /* readable but not INI: a parse error */
     CHECK_INT("load not ini", rc, PX_EINVAL);
     r.n = 0;
     r.text[0] = '\0';
     snprintf(want, sizeof want, "%s/none.ini", dir);
-    rc = loader_read_config(want, collect, &r, &c);
+    rc = loader_read_config(want, check_collect, &r, &c);
     CHECK_INT("load no file", rc, PX_ENOENT);
     CHECK_INT("load no file", c == NULL, 1);
     CHECK_INT("load no file", r.n, 1);
@@ -116,7 +102,7 @@ static void test_read_config(void **state)
               strstr(r.text, "none.ini:0: cannot read the configuration: No such file or "
                              "directory") != NULL,
               1);
-    rc = loader_read_config(sub, collect, &r, &c);
+    rc = loader_read_config(sub, check_collect, &r, &c);
     CHECK_INT("load a directory", rc, PX_ENOENT);
 
     unlink(ini);
