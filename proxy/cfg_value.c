@@ -32,21 +32,32 @@ void cfg_trim(const char **s, size_t *n)
         (*n)--;
 }
 
-/* Numbers, digit by digit. 0, or PX_EINVAL (not digits) or PX_ERANGE. */
-int cfg_parse_uint(const char *s, size_t n, unsigned min, unsigned max, unsigned *out)
+/* Digits only, at most max (checked at each digit, so nothing overflows).
+ * 0, or PX_EINVAL (empty, not digits) or PX_ERANGE. */
+static int parse_digits(const char *s, size_t n, uint64_t max, uint64_t *out)
 {
-    unsigned long long v = 0;
-    size_t i;
+    uint64_t v = 0;
 
     if (n == 0)
         return PX_EINVAL;
-    for (i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (s[i] < '0' || s[i] > '9')
             return PX_EINVAL;
         v = v * 10 + (unsigned)(s[i] - '0');
         if (v > max)
             return PX_ERANGE;
     }
+    *out = v;
+    return 0;
+}
+
+int cfg_parse_uint(const char *s, size_t n, unsigned min, unsigned max, unsigned *out)
+{
+    uint64_t v;
+    int rc = parse_digits(s, n, max, &v);
+
+    if (rc != 0)
+        return rc;
     if (v < min)
         return PX_ERANGE;
     *out = (unsigned)v;
@@ -56,7 +67,7 @@ int cfg_parse_uint(const char *s, size_t n, unsigned min, unsigned max, unsigned
 int cfg_parse_size(const char *s, size_t n, unsigned min_mib, unsigned max_mib, uint64_t *out)
 {
     uint64_t v = 0, unit = 1, max = (uint64_t)max_mib * 1024 * 1024;
-    size_t i;
+    int rc;
 
     if (n > 0 && (s[n - 1] == 'K' || s[n - 1] == 'k'))
         unit = 1024;
@@ -66,15 +77,9 @@ int cfg_parse_size(const char *s, size_t n, unsigned min_mib, unsigned max_mib, 
         unit = 1024 * 1024 * 1024;
     if (unit != 1)
         n--;
-    if (n == 0)
-        return PX_EINVAL;
-    for (i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return PX_EINVAL;
-        v = v * 10 + (unsigned)(s[i] - '0');
-        if (v > max / unit) /* before v * unit could overflow */
-            return PX_ERANGE;
-    }
+    rc = parse_digits(s, n, max / unit, &v); /* before v * unit could overflow */
+    if (rc != 0)
+        return rc;
     v *= unit;
     if (v < (uint64_t)min_mib * 1024 * 1024)
         return PX_ERANGE;
